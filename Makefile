@@ -1,0 +1,53 @@
+# One short target per verb. Every target installs what it needs on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+# MNIST: data/ (torchvision downloads it there when online); offline, ../shared/data if it has it.
+DATA_DIR ?= $(if $(wildcard data/MNIST/raw/*),data,$(if $(wildcard ../shared/data/MNIST/raw/*),../shared/data,data))
+PRESET ?= cdcgan
+EPOCHS ?=
+DEVICE ?= auto
+RESUME ?=
+N ?= 16
+SEED ?=
+DIGIT ?=
+
+.PHONY: install train archive serve stop predict demo test evaluate bench bench-train ablation clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+train: install
+	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume)
+
+archive: install
+	$(PY) -m scripts.archive --weights artifacts/generator.pt --metadata artifacts/generator.json --export-path model_store
+
+serve: install
+	$(PY) -m scripts.server start
+
+stop: install
+	$(PY) -m scripts.server stop
+
+predict: install
+	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT))
+
+# Set-up, a one-epoch training, archive, serve, one request, the picture, and the server stopped again.
+demo: install
+	$(MAKE) train EPOCHS=$(or $(EPOCHS),1)
+	$(MAKE) archive
+	$(MAKE) serve
+	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
+
+test: install
+	DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+
+clean: stop
+	rm -rf artifacts model_store/*.mar

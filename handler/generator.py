@@ -1,0 +1,97 @@
+"""The digit generator: the one network TorchServe builds from the `.mar`.
+
+TorchServe imports this file (the archive's --model-file) as a top-level module and
+requires it to define exactly one class. Training, evaluation and the handler all
+import it, so the served network is the trained one by construction. The handler
+builds it with the keyword arguments recorded in `generator.json`; the defaults
+are the served configuration.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+MLP_HIDDEN = 200  # the tutorial's hidden layer width
+IMAGE_SHAPE = (1, 28, 28)
+
+
+class Generator(nn.Module):
+    """Maps latent noise (and, when conditional, a digit label) to 1x28x28 images in [0, 1].
+
+    arch:
+      "dcgan"       - a small conditional DCGAN (the project's default)
+      "mlp"         - the tutorial's Linear, LeakyReLU(0.02), LayerNorm, Linear, Sigmoid
+      "mlp-sigmoid" - the tutorial's first version: Linear, Sigmoid, Linear, Sigmoid
+    noise: the latent distribution the network was trained on ("normal" or "uniform");
+      kept here so every sampler draws from the same one.
+    """
+
+    def __init__(
+        self,
+        arch: str = "dcgan",
+        latent_dim: int = 100,
+        num_classes: int = 10,
+        width: int = 32,
+        label_dim: int = 32,
+        noise: str = "normal",
+    ) -> None:
+        super().__init__()
+        if noise not in ("normal", "uniform"):
+            raise ValueError(f"unknown noise distribution {noise!r}")
+        self.arch, self.latent_dim, self.num_classes, self.noise = arch, latent_dim, num_classes, noise
+        if arch == "dcgan":
+            self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
+            in_dim = latent_dim + (label_dim if num_classes else 0)
+            self.net = nn.Sequential(
+                nn.Linear(in_dim, 2 * width * 7 * 7, bias=False),
+                nn.BatchNorm1d(2 * width * 7 * 7),
+                nn.ReLU(),
+                nn.Unflatten(1, (2 * width, 7, 7)),  # 2w x 7 x 7
+                nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # w x 14 x 14
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.ConvTranspose2d(width, 1, 4, 2, 1),  # 1 x 28 x 28
+                nn.Sigmoid(),
+            )
+        elif arch in ("mlp", "mlp-sigmoid"):
+            if num_classes:
+                raise ValueError(f"arch {arch!r} is unconditional: use num_classes=0")
+            self.label_embedding = None
+            hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]
+            self.net = nn.Sequential(
+                nn.Linear(latent_dim, MLP_HIDDEN),
+                *hidden,
+                nn.Linear(MLP_HIDDEN, 28 * 28),
+                nn.Sigmoid(),
+                nn.Unflatten(1, IMAGE_SHAPE),
+            )
+        else:
+            raise ValueError(f"unknown generator arch {arch!r}")
+
+    def forward(self, noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.label_embedding is not None:
+            if labels is None:
+                raise ValueError("this generator is conditional: pass the digit labels")
+            noise = torch.cat([noise, self.label_embedding(labels)], dim=1)
+        return self.net(noise)
+
+
+def sample_latent(
+    model: Generator, count: int, rng: torch.Generator, digit: Optional[int] = None
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Draws `count` noise vectors (and labels: `digit`, else uniform over the classes) from `rng`.
+
+    Everything comes from `rng`, so a seeded `rng` reproduces the same inputs on any
+    machine; the tensors are on the CPU (move them to the model's device yourself).
+    """
+    draw = torch.randn if model.noise == "normal" else torch.rand
+    noise = draw(count, model.latent_dim, generator=rng)
+    if not model.num_classes:
+        if digit is not None:
+            raise ValueError("this generator is unconditional: it cannot draw a requested digit")
+        return noise, None
+    if digit is None:
+        labels = torch.randint(0, model.num_classes, (count,), generator=rng)
+    else:
+        labels = torch.full((count,), digit, dtype=torch.long)
+    return noise, labels

@@ -1,0 +1,198 @@
+"""Starts and stops a TorchServe that serves the model store, each in its own working directory.
+
+    python -m scripts.server start --workdir artifacts/serve   # returns once the model answers
+    python -m scripts.server stop --workdir artifacts/serve
+
+TorchServe writes logs/ and key_file.json into its working directory and keeps its PID
+file in $TMPDIR, so every server gets its own of both: two servers never stop each other.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAME = "mnist_gan"
+DEFAULT_PORTS = (8080, 8081, 8082)  # inference, management, metrics
+ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def render_config(template: Path, ports: tuple[int, ...], model_store: Path,
+                  overrides: Optional[dict[str, str]] = None) -> str:
+    """The shipped config.properties with its ports, model store and `overrides` replaced."""
+    values = {key: f"http://127.0.0.1:{port}" for key, port in zip(ADDRESS_KEYS, ports)}
+    if len(ports) > 3:  # workers listen on /tmp/.ts.sock.<port>: two servers must not share ports
+        values["initial_worker_port"] = str(ports[3])
+    values["model_store"] = str(model_store.resolve())
+    values.update(overrides or {})
+    lines, seen = [], set()
+    for line in template.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and key in values:
+            line, seen = f"{key}={values[key]}", seen | {key}
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in values.items() if key not in seen]
+    return "\n".join(lines) + "\n"
+
+
+class TorchServe:
+    """One TorchServe process tree, owned by `workdir`."""
+
+    def __init__(self, workdir: Path, model_store: Path = ROOT / "model_store",
+                 config: Path = ROOT / "config.properties", ports: tuple[int, ...] = DEFAULT_PORTS,
+                 overrides: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.model_store, self.config, self.ports = Path(model_store), Path(config), tuple(ports)
+        self.overrides, self.extra_env = overrides or {}, env or {}
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[1]}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[2]}"
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.inference_url}/predictions/{MODEL_NAME}"
+
+    def _env(self) -> dict[str, str]:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "LOG_LOCATION": str(self.workdir / "logs"),
+               "METRICS_LOCATION": str(self.workdir / "logs"), **self.extra_env}
+        venv_bin = str(Path(sys.executable).parent)  # the worker must run this interpreter
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+        return env
+
+    def _torchserve(self, *args: str) -> subprocess.CompletedProcess:
+        executable = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
+        # Output goes to a file, not a pipe: the Java frontend inherits it and outlives this call.
+        with open(self.workdir / "torchserve.out", "a") as out:
+            return subprocess.run([executable, *args], cwd=self.workdir, env=self._env(), stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=subprocess.STDOUT, timeout=60)
+
+    def pid(self) -> Optional[int]:
+        try:
+            pid = int((self.workdir / "tmp" / ".model_server.pid").read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def keys(self) -> dict[str, str]:
+        """{"inference": key, "management": key, "API": key} from key_file.json."""
+        data = json.loads((self.workdir / "key_file.json").read_text())
+        return {name: entry["key"] for name, entry in data.items()}
+
+    def headers(self, kind: str = "inference") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys()[kind]}"}
+
+    def start(self, timeout: float = 180) -> None:
+        """Starts the server and returns once a real prediction request answers 200."""
+        if self.pid():
+            raise RuntimeError(f"a TorchServe owned by {self.workdir} is already running (pid {self.pid()})")
+        for port in self.ports:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    raise RuntimeError(f"port {port} on 127.0.0.1 is in use: stop what runs there or pick other ports")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "key_file.json").unlink(missing_ok=True)  # keys are new at every start
+        config = self.workdir / "config.properties"
+        config.write_text(render_config(self.config, self.ports, self.model_store, self.overrides))
+        result = self._torchserve("--start", "--ncs", "--ts-config", str(config),
+                                  "--model-store", str(self.model_store.resolve()))
+        if result.returncode != 0:
+            raise RuntimeError(f"torchserve --start failed; see {self.workdir / 'torchserve.out'}")
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline, last = time.monotonic() + timeout, "no answer yet"
+        while time.monotonic() < deadline:
+            if self.pid() is None and time.monotonic() > deadline - timeout + 5:
+                raise RuntimeError(f"TorchServe exited during start-up; see {self.workdir / 'logs'}")
+            try:
+                reply = requests.post(self.predict_url, json={"count": 1, "seed": 0},
+                                      headers=self.headers(), timeout=10)
+                if reply.status_code == 200:
+                    return
+                last = f"{reply.status_code} {reply.text[:200]}"
+            except (OSError, KeyError, ValueError, requests.RequestException) as error:
+                last = repr(error)
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"TorchServe did not answer within {timeout:.0f} s (last: {last}); "
+                           f"see {self.workdir / 'logs'}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stops this server (and only this one); waits until its process is gone."""
+        pid = self.pid()
+        if pid is None:
+            return
+        self._torchserve("--stop")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:  # the frontend ignored the stop: end its whole process group
+            os.kill(pid, signal.SIGKILL)
+        # The PID file can outlive a killed server; a stale one would make pid() guess wrong later.
+        (self.workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts" / "serve")
+    parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
+    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    args = parser.parse_args()
+    ports = tuple(int(re.search(r":(\d+)$", line.split("=", 1)[1]).group(1))
+                  for key in ADDRESS_KEYS
+                  for line in args.config.read_text().splitlines() if line.startswith(key + "="))
+    server = TorchServe(args.workdir, args.model_store, args.config, ports)
+    if args.action == "start":
+        if not (args.model_store / f"{MODEL_NAME}.mar").exists():
+            raise SystemExit(f"{args.model_store / (MODEL_NAME + '.mar')} is missing: run `make archive` first")
+        try:
+            server.start()
+        except (RuntimeError, TimeoutError) as error:
+            raise SystemExit(f"serve: {error}")
+        print(f"TorchServe is serving {server.predict_url} (pid {server.pid()}); "
+              f"inference key in {server.workdir / 'key_file.json'}; logs in {server.workdir / 'logs'}")
+    elif args.action == "stop":
+        was = server.pid()
+        server.stop()
+        print(f"stopped TorchServe (pid {was})" if was else "no TorchServe running from " + str(server.workdir))
+    else:
+        pid = server.pid()
+        print(f"running (pid {pid}) at {server.inference_url}" if pid else "not running")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The handler in-process, called as TorchServe's worker calls it (no server)."""
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cases import BAD_REQUESTS, GOOD_REQUESTS, JSON, worker_decode
+
+HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
+
+
+def images_of(body: dict) -> np.ndarray:
+    assert set(body) == {"images"}
+    return np.asarray(body["images"], dtype=np.float64)
+
+
+@pytest.mark.parametrize("fields,count", GOOD_REQUESTS)
+def test_good_requests_return_count_images_in_unit_range(handler_client, fields, count):
+    code, body = handler_client.post(fields)
+    assert code == 200
+    images = images_of(body)
+    assert images.shape == (count, 28, 28)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert np.all(np.round(images, 4) == images)  # the contract's 4 decimals
+
+
+@pytest.mark.parametrize("case_id,raw,content_type,message", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_get_400_with_a_message(handler_client, case_id, raw, content_type, message):
+    code, body = handler_client.post(worker_decode(raw, content_type), content_type)
+    assert code == 400, body
+    assert body["code"] == 400
+    assert message in body["error"]
+
+
+def test_same_seed_same_images_and_no_seed_differs(handler_client):
+    first = images_of(handler_client.post({"count": 4, "seed": 42})[1])
+    again = images_of(handler_client.post({"count": 4, "seed": 42})[1])
+    other = images_of(handler_client.post({"count": 4, "seed": 43})[1])
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    unseeded = [images_of(handler_client.post({"count": 1})[1]) for _ in range(2)]
+    assert not np.array_equal(*unseeded)
+
+
+def test_seed_is_independent_of_what_is_batched_with_it(handler_client):
+    alone = images_of(handler_client.post({"count": 3, "seed": 5, "digit": 7})[1])
+    batched = handler_client.batch(
+        [{"body": {"count": 64, "seed": 1}}, {"body": {"count": 3, "seed": 5, "digit": 7}}, {"body": {"count": 1}}],
+        [JSON] * 3,
+    )
+    assert [code for code, _ in batched] == [200, 200, 200]
+    assert np.array_equal(images_of(batched[1][1]), alone)
+
+
+def test_a_bad_request_fails_alone_in_its_batch(handler_client):
+    results = handler_client.batch(
+        [{"body": {"count": 2}}, {"body": bytearray(b"{oops")}, {"body": {"count": "two"}}, {"body": {"count": 1}}],
+        [JSON, JSON, JSON, JSON],
+    )
+    assert [code for code, _ in results] == [200, 400, 400, 200]
+    assert images_of(results[0][1]).shape == (2, 28, 28)
+    assert images_of(results[3][1]).shape == (1, 28, 28)
+    assert "not valid JSON" in results[1][1]["error"]
+
+
+def test_raw_bytes_with_charset_are_parsed(handler_client):
+    code, body = handler_client.post(bytearray(b'{"count": 2, "seed": 1}'), "application/json; charset=utf-8")
+    assert code == 200 and images_of(body).shape == (2, 28, 28)
+
+
+def test_query_parameters_are_not_silently_ignored(handler_client):
+    results = handler_client.batch([{"body": {"count": 1}, "count": b"3"}], [JSON])
+    assert results[0][0] == 400 and "'count'" in results[0][1]["error"]
+
+
+def test_digit_selects_the_conditioning_label(handler_client):
+    # Same seed and noise, different digit: only the label differs, so the images must too.
+    three = images_of(handler_client.post({"count": 2, "seed": 9, "digit": 3})[1])
+    eight = images_of(handler_client.post({"count": 2, "seed": 9, "digit": 8})[1])
+    assert not np.array_equal(three, eight)
+
+
+def test_unconditional_model_rejects_digit_and_serves_the_rest(tutorial_handler_client):
+    code, body = tutorial_handler_client.post({"count": 2, "seed": 1})
+    assert code == 200 and images_of(body).shape == (2, 28, 28)
+    code, body = tutorial_handler_client.post({"digit": 3})
+    assert code == 400 and "unconditional" in body["error"]
+
+
+@pytest.mark.parametrize("filename", ["generator.py", "mnist_gan_handler.py"])
+def test_torchserve_loadable_files_define_exactly_one_class(filename):
+    # BaseHandler and TorchServe's model loader refuse a model file or handler with more than one class.
+    tree = ast.parse((HANDLER_DIR / filename).read_text())
+    assert len([node for node in tree.body if isinstance(node, ast.ClassDef)]) == 1

@@ -1,0 +1,1 @@
+"""Training, evaluation and archiving for the MNIST digit GAN."""

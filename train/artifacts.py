@@ -1,0 +1,84 @@
+"""Writing results so that a crash never leaves a truncated file where a good one was."""
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give results the usual permissions
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def save_figure(figure: Any, path: str | Path) -> None:
+    """Saves a matplotlib figure as PNG atomically and closes it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(figure)
+
+
+def image_grid(images: torch.Tensor, nrow: int, path: str | Path, title: Optional[str] = None) -> None:
+    """Writes N x 1 x 28 x 28 images in [0, 1] as a PNG grid (white digits on black, like MNIST)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.5)[0]
+    scale = 0.45
+    figure = plt.figure(figsize=(grid.shape[1] / 30 * scale * 2, grid.shape[0] / 30 * scale * 2 + (0.4 if title else 0)))
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title, fontsize=9)
+    save_figure(figure, path)
+
+
+def load_generator_state(path: str | Path, model: torch.nn.Module) -> None:
+    """Loads a plain state dict into `model`, with a message that says what is wrong if it can't."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: run `make train` first") from None
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable PyTorch state dict ({error})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a plain state dict (a dict of tensors): save model.state_dict()")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit the generator described by its metadata: {error}") from None

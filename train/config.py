@@ -1,0 +1,83 @@
+"""All training settings in one dataclass, and the named presets built from it."""
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "cdcgan"
+    # networks (the generator's share of these is recorded in generator.json)
+    arch: str = "dcgan"  # "dcgan", "mlp" or "mlp-sigmoid" (see handler/generator.py)
+    latent_dim: int = 100
+    num_classes: int = 10  # 0: unconditional
+    width: int = 32  # conv channels of the dcgan networks
+    noise: str = "normal"  # latent distribution: "normal" (torch.randn) or "uniform" (torch.rand)
+    # optimisation
+    loss: str = "nonsaturating"  # "bce" / "mse" on D's probabilities, "nonsaturating": BCE on D's logits
+    optimizer: str = "adam"  # "adam" or "sgd"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 128
+    epochs: int = 8
+    # "joint": one D step on real+fake, one G step on the same fakes.
+    # "tutorial": D on one real image, D on one fake, then G on fresh noise, three optimizer steps.
+    step_style: str = "joint"
+    ema_decay: float = 0.999  # serve an exponential moving average of G; 0 serves G itself
+    # run
+    seed: int = 0
+    data_dir: str = "data"
+    out_dir: str = "artifacts"
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    limit: int = 0  # train on the first `limit` images only (0: all 60,000); for smoke tests
+    log_every: int = 10  # steps between loss records
+    threads: int = 0  # CPU threads; 0: 1 for batch sizes below 16 (tiny ops spin-wait), else all cores
+
+    def generator_kwargs(self) -> dict[str, Any]:
+        """The arguments that rebuild the trained generator: `Generator(**kwargs)`."""
+        kwargs = dict(arch=self.arch, latent_dim=self.latent_dim, num_classes=self.num_classes, noise=self.noise)
+        if self.arch == "dcgan":
+            kwargs["width"] = self.width
+        return kwargs
+
+
+# The tutorial ("Make Your First GAN With PyTorch") improves its MNIST GAN one step at a time;
+# each step below changes exactly one thing from the one before it.
+_TUTORIAL_V1 = dict(
+    arch="mlp-sigmoid", num_classes=0, latent_dim=1, noise="uniform", loss="mse", optimizer="sgd",
+    lr=0.01, betas=(0.9, 0.999), batch_size=1, epochs=1, step_style="tutorial", ema_decay=0.0,
+)
+_TUTORIAL_STEPS = {
+    "tutorial-v1": {},
+    "tutorial-v2-bce": dict(loss="bce"),
+    "tutorial-v3-leaky-layernorm": dict(arch="mlp", latent_dim=100),
+    "tutorial-v4-adam": dict(optimizer="adam", lr=1e-4),
+    "tutorial-v5-randn": dict(noise="normal"),
+    "tutorial": dict(epochs=4),
+}
+
+
+def _build_presets() -> dict[str, dict[str, Any]]:
+    presets, settings = {}, dict(_TUTORIAL_V1)
+    for name, change in _TUTORIAL_STEPS.items():
+        settings = {**settings, **change}
+        presets[name] = dict(settings)
+    presets["cdcgan"] = {}  # the dataclass defaults
+    presets["dcgan"] = dict(num_classes=0)  # unconditional variant of the default
+    return presets
+
+
+PRESETS = _build_presets()
+DEFAULT_PRESET = "cdcgan"
+ABLATION_STEPS = list(_TUTORIAL_STEPS)
+
+
+def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
+    """The preset's config with `overrides` applied; None values are ignored."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(TrainConfig(), preset=preset, **settings)

@@ -1,0 +1,318 @@
+"""Trains the GAN and writes the generator's state dict, its metadata and pictures of the run.
+
+    python -m train --preset cdcgan --epochs 8 --data-dir data
+"""
+import argparse
+import copy
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import torch
+import torchvision
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from handler.generator import Generator, sample_latent
+from train import artifacts
+from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config
+from train.data import MnistMissing, data_checksum, load_mnist
+from train.discriminator import Discriminator
+
+LOSSES = {"mse": nn.MSELoss, "bce": nn.BCELoss, "nonsaturating": nn.BCEWithLogitsLoss}
+SAMPLE_SEED = 1234  # the per-epoch sample grids use fixed inputs, so frames are comparable
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Trainer:
+    """Owns the networks, optimizers, EMA, RNGs, step counters and loss history of one run."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)  # weight initialisation
+        self.generator = Generator(**config.generator_kwargs()).to(self.device)
+        self.discriminator = Discriminator(config.arch, config.num_classes, config.width).to(self.device)
+        self.opt_g, self.opt_d = (self._optimizer(net) for net in (self.generator, self.discriminator))
+        self.loss_fn = LOSSES[config.loss]()
+        self.ema: Optional[AveragedModel] = None
+        if config.ema_decay:
+            self.ema = AveragedModel(
+                self.generator, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+            )
+        # Noise and fake labels come from their own generator, checkpointed with the run.
+        self.noise_rng = torch.Generator().manual_seed(config.seed)
+        self.epoch, self.step_in_epoch, self.steps, self.images_seen = 0, 0, 0, 0
+        self.elapsed = 0.0  # training seconds, summed over resumed sessions
+        self.history: list[dict[str, float]] = []
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(net.parameters(), lr=self.config.lr)
+        return torch.optim.Adam(net.parameters(), lr=self.config.lr, betas=self.config.betas)
+
+    # -- one optimisation step -------------------------------------------------------
+    def _latent(self, count: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        noise, labels = sample_latent(self.generator, count, self.noise_rng)
+        return noise.to(self.device), None if labels is None else labels.to(self.device)
+
+    def _loss(self, scores: torch.Tensor, target: float) -> torch.Tensor:
+        return self.loss_fn(scores, torch.full_like(scores, target))
+
+    def train_step(self, real: torch.Tensor, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of D and one of G; returns their losses (detached tensors)."""
+        G, D = self.generator, self.discriminator
+        if self.config.step_style == "tutorial":
+            self.opt_d.zero_grad()
+            loss_real = self._loss(D(real, labels), 1.0)
+            loss_real.backward()
+            self.opt_d.step()
+            self.opt_d.zero_grad()
+            noise, fake_labels = self._latent(len(real))
+            loss_fake = self._loss(D(G(noise, fake_labels).detach(), fake_labels), 0.0)
+            loss_fake.backward()
+            self.opt_d.step()
+            d_loss = (loss_real.detach() + loss_fake.detach()) / 2
+            noise, fake_labels = self._latent(len(real))
+            fake = G(noise, fake_labels)
+        else:
+            noise, fake_labels = self._latent(len(real))
+            fake = G(noise, fake_labels)
+            self.opt_d.zero_grad()
+            d_loss = self._loss(D(real, labels), 1.0) + self._loss(D(fake.detach(), fake_labels), 0.0)
+            d_loss.backward()
+            self.opt_d.step()
+            d_loss = d_loss.detach() / 2
+        self.opt_g.zero_grad()
+        g_loss = self._loss(D(fake, fake_labels), 1.0)  # non-saturating: G wants D to say "real"
+        g_loss.backward()
+        self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update_parameters(G)
+        return d_loss, g_loss.detach()
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        cfg = self.config
+        images, labels = images.to(self.device), labels.to(self.device)
+        conditional = cfg.num_classes > 0
+        while self.epoch < cfg.epochs:
+            # The order depends only on (seed, epoch): a resumed run sees the same batches.
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+            batches = order.split(cfg.batch_size)
+            bar = tqdm(
+                total=len(batches), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                unit="step", dynamic_ncols=True, mininterval=0.5,
+            )
+            d_sum = g_sum = torch.zeros((), device=self.device)
+            window, started = 0, time.perf_counter()
+            try:
+                for index in batches[self.step_in_epoch:]:
+                    index = index.to(self.device)
+                    d_loss, g_loss = self.train_step(images[index], labels[index] if conditional else None)
+                    d_sum, g_sum, window = d_sum + d_loss, g_sum + g_loss, window + 1
+                    self.step_in_epoch += 1
+                    self.steps += 1
+                    self.images_seen += len(index)
+                    if window == cfg.log_every:
+                        record = dict(step=self.steps, epoch=self.epoch + self.step_in_epoch / len(batches),
+                                      images=self.images_seen, d_loss=d_sum.item() / window, g_loss=g_sum.item() / window)
+                        self.history.append(record)
+                        bar.set_postfix(d_loss=f"{record['d_loss']:.3f}", g_loss=f"{record['g_loss']:.3f}", refresh=False)
+                        d_sum = g_sum = torch.zeros((), device=self.device)
+                        window = 0
+                    bar.update()
+            finally:
+                self.elapsed += time.perf_counter() - started
+                bar.close()
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.save_epoch_pictures()
+            self.save_checkpoint()
+
+    # -- what gets written -----------------------------------------------------------
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.config.out_dir)
+
+    def served_generator(self) -> Generator:
+        """The network that gets served: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.generator
+
+    @torch.inference_mode()
+    def samples(self, count: int = 100) -> torch.Tensor:
+        model = self.served_generator()
+        was_training = model.training
+        model.eval()
+        rng = torch.Generator().manual_seed(SAMPLE_SEED)
+        noise, labels = sample_latent(model, count, rng)
+        if labels is not None:  # a row per digit reads better than random labels
+            labels = torch.arange(count) % model.num_classes
+        out = model(noise.to(self.device), None if labels is None else labels.to(self.device))
+        model.train(was_training)
+        return out.cpu()
+
+    def save_epoch_pictures(self) -> None:
+        artifacts.image_grid(self.samples(), 10, self.out_dir / "samples" / f"epoch_{self.epoch:02d}.png",
+                             title=f"{self.config.preset}, epoch {self.epoch}")
+        self.save_losses()
+
+    def save_losses(self) -> None:
+        if not self.history:
+            return
+        frame = pd.DataFrame(self.history)
+        with artifacts.atomic_path(self.out_dir / "losses.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        # Drawn like the tutorial's plot_progress: every record as a faint dot.
+        axes = frame.plot(x="epoch", y=["d_loss", "g_loss"], figsize=(12, 6), alpha=0.3, marker=".",
+                          linestyle="none", grid=True, ylim=(0, None), title=f"losses: {self.config.preset}")
+        axes.set_xlabel("epoch")
+        artifacts.save_figure(axes.get_figure(), self.out_dir / "losses.png")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return dict(
+            config=asdict(self.config), epoch=self.epoch, step_in_epoch=self.step_in_epoch, steps=self.steps,
+            images_seen=self.images_seen, elapsed=self.elapsed, history=self.history,
+            generator=self.generator.state_dict(), discriminator=self.discriminator.state_dict(),
+            opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            noise_rng=self.noise_rng.get_state(), torch_rng=torch.get_rng_state(),
+        )
+
+    def save_checkpoint(self) -> None:
+        artifacts.save_torch(self.checkpoint_state(), self.out_dir / "checkpoint.pt")
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.noise_rng.set_state(state["noise_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.step_in_epoch, self.steps = state["epoch"], state["step_in_epoch"], state["steps"]
+        self.images_seen, self.elapsed, self.history = state["images_seen"], state["elapsed"], state["history"]
+
+    def metadata(self, data_dir: str, train_images: int) -> dict[str, Any]:
+        cfg = self.config
+        last = self.history[-1] if self.history else {}
+        return dict(
+            preset=cfg.preset,
+            model=cfg.generator_kwargs(),
+            served_weights="ema" if self.ema is not None else "generator",
+            epochs=self.epoch,
+            seed=cfg.seed,
+            train_seconds=round(self.elapsed, 2),
+            seconds_per_epoch=round(self.elapsed / max(self.epoch, 1), 2),
+            steps=self.steps,
+            images_seen=self.images_seen,
+            final_losses=dict(d=last.get("d_loss"), g=last.get("g_loss")),
+            config=asdict(cfg),
+            data=dict(dir=str(Path(data_dir).resolve()), train_images=train_images, train_images_md5=data_checksum(data_dir)),
+            device=str(self.device) if self.device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(self.device)})",
+            threads=torch.get_num_threads(),
+            versions=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__),
+            git_commit=git_commit(),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def save_final(self, data_dir: str, train_images: int) -> None:
+        served = copy.deepcopy(self.served_generator()).cpu()
+        artifacts.save_torch(served.state_dict(), self.out_dir / "generator.pt")
+        artifacts.save_json(self.metadata(data_dir, train_images), self.out_dir / "generator.json")
+        artifacts.image_grid(self.samples(), 10, self.out_dir / "samples.png", title=f"{self.config.preset}: samples")
+        self.save_losses()
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS))
+    parser.add_argument("--epochs", type=int, help="override the preset's epoch count")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "data"))
+    parser.add_argument("--out-dir", default="artifacts")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoint.pt")
+    return parser.parse_args(argv)
+
+
+def run(config: TrainConfig, resume: bool = False) -> Trainer:
+    """Trains (or resumes) a run and writes all its artifacts; returns the trainer."""
+    checkpoint_path = Path(config.out_dir) / "checkpoint.pt"
+    state = None
+    if resume:
+        if not checkpoint_path.exists():
+            raise SystemExit(f"--resume: no checkpoint at {checkpoint_path}; start a run without RESUME first")
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        saved = TrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+        if saved.preset != config.preset:
+            raise SystemExit(f"--resume: {checkpoint_path} is a {saved.preset!r} run, not {config.preset!r}")
+        # The run continues as it was configured; only its length and where it runs may change.
+        config = TrainConfig(**{**asdict(saved), "epochs": config.epochs, "device": config.device,
+                                "threads": config.threads, "data_dir": config.data_dir, "out_dir": config.out_dir})
+    threads = config.threads or (1 if config.batch_size < 16 else os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    images, labels = load_mnist(config.data_dir, train=True, limit=config.limit)
+    trainer = Trainer(config)
+    if state is not None:
+        trainer.load_checkpoint(state)
+        print(f"resuming {config.preset} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}", file=sys.stderr)
+    print(f"training {config.preset} on {len(images)} images, device {trainer.device}, {threads} thread(s)", file=sys.stderr)
+
+    def save_and_exit(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, save_and_exit)
+    try:
+        trainer.fit(images, labels)
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        print(f"\ninterrupted: checkpoint saved to {checkpoint_path}; continue with `make train RESUME=1`", file=sys.stderr)
+        raise SystemExit(130)
+    trainer.save_final(config.data_dir, len(images))
+    return trainer
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    config = make_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                         data_dir=args.data_dir, out_dir=args.out_dir, device=args.device, limit=args.limit,
+                         threads=args.threads)
+    try:
+        trainer = run(config, resume=args.resume)
+    except MnistMissing as error:
+        raise SystemExit(f"error: {error}")
+    out = Path(config.out_dir)
+    print(f"wrote {out / 'generator.pt'}, {out / 'generator.json'}, {out / 'losses.csv'}, {out / 'losses.png'}, "
+          f"{out / 'samples.png'} ({trainer.elapsed:.1f} s of training)")
+
+
+if __name__ == "__main__":
+    main()
