@@ -138,7 +138,8 @@ class Trainer:
                     self.step_in_epoch += 1
                     self.steps += 1
                     self.images_seen += len(index)
-                    if window == cfg.log_every:
+                    last_step = self.step_in_epoch == len(batches)
+                    if window == cfg.log_every or (last_step and window):  # an epoch's tail is logged too
                         record = dict(step=self.steps, epoch=self.epoch + self.step_in_epoch / len(batches),
                                       images=self.images_seen, d_loss=d_sum.item() / window, g_loss=g_sum.item() / window)
                         self.history.append(record)
@@ -289,13 +290,15 @@ def run(config: TrainConfig, resume: bool = False) -> Trainer:
     def save_and_exit(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, save_and_exit)
+    previous_handler = signal.signal(signal.SIGTERM, save_and_exit)  # `kill` saves like Ctrl-C does
     try:
         trainer.fit(images, labels)
     except KeyboardInterrupt:
         trainer.save_checkpoint()
         print(f"\ninterrupted: checkpoint saved to {checkpoint_path}; continue with `make train RESUME=1`", file=sys.stderr)
         raise SystemExit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     trainer.save_final(config.data_dir, len(images))
     return trainer
 

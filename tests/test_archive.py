@@ -1,0 +1,78 @@
+"""`make archive`: builds a real .mar, and refuses weights that would make a broken one."""
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from handler.generator import Generator
+from scripts.archive import build_archive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_archive_packs_model_file_weights_handler_and_metadata(tiny_run, tmp_path):
+    mar = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path)
+    assert mar == tmp_path / "mnist_gan.mar"
+    names = set(zipfile.ZipFile(mar).namelist())
+    assert {"generator.py", "generator.pt", "generator.json", "mnist_gan_handler.py", "request_contract.py",
+            "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+    manifest = json.loads(zipfile.ZipFile(mar).read("MAR-INF/MANIFEST.json"))
+    assert manifest["model"]["modelFile"] == "generator.py" and manifest["model"]["handler"] == "mnist_gan_handler.py"
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers
+
+
+def _refused(weights: Path, metadata: Path, export: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "scripts.archive", "--weights", str(weights), "--metadata",
+                             str(metadata), "--export-path", str(export)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert not (export / "mnist_gan.mar").exists()
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("case", ["wrong-architecture", "truncated", "pickled-model", "missing", "not-tensors"])
+def test_archive_refuses_a_bad_state_dict(case, tiny_run, tmp_path):
+    weights = tmp_path / "generator.pt"
+    if case == "wrong-architecture":
+        torch.save(Generator(arch="mlp", num_classes=0).state_dict(), weights)
+        expected = "does not fit the generator"
+    elif case == "truncated":
+        data = (tiny_run / "generator.pt").read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+        expected = "not a readable PyTorch state dict"
+    elif case == "pickled-model":
+        torch.save(Generator(), weights)  # the whole module, not its state dict
+        expected = "not a readable PyTorch state dict"
+    elif case == "missing":
+        expected = "does not exist"
+    else:
+        torch.save({"weights": [1, 2, 3]}, weights)
+        expected = "not a plain state dict"
+    message = _refused(weights, tiny_run / "generator.json", tmp_path / "store")
+    assert "refusing to build a broken archive" in message and expected in message
+
+
+def test_archive_refuses_missing_or_broken_metadata(tiny_run, tmp_path):
+    broken = tmp_path / "generator.json"
+    broken.write_text("{not json")
+    assert "not valid generator metadata" in _refused(tiny_run / "generator.pt", broken, tmp_path / "store")
+    assert "does not exist" in _refused(tiny_run / "generator.pt", tmp_path / "none.json", tmp_path / "store")
+
+
+def test_failed_archive_keeps_the_previous_good_one(tiny_run, tmp_path):
+    store = tmp_path / "store"
+    good = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
+    before = good.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, "-m", "scripts.archive", "--weights", str(bad), "--metadata",
+                             str(tiny_run / "generator.json"), "--export-path", str(store)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert good.read_bytes() == before

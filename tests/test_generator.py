@@ -1,0 +1,64 @@
+"""The networks: shapes, ranges, conditioning, and that both sides of the GAN build as configured."""
+import pytest
+import torch
+
+from handler.generator import Generator, sample_latent
+from train.discriminator import Discriminator
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),  # the served default: conditional DCGAN
+    dict(num_classes=0),
+    dict(arch="mlp", num_classes=0),
+    dict(arch="mlp-sigmoid", num_classes=0, latent_dim=1, noise="uniform"),
+])
+def test_generator_outputs_images_in_unit_range(kwargs):
+    torch.manual_seed(0)
+    model = Generator(**kwargs).eval()
+    rng = torch.Generator().manual_seed(0)
+    noise, labels = sample_latent(model, 5, rng)
+    images = model(noise, labels)
+    assert images.shape == (5, 1, 28, 28)
+    assert images.min() >= 0 and images.max() <= 1
+    scores = Discriminator(model.arch, model.num_classes)(images, labels)
+    assert scores.shape == (5, 1)
+
+
+def test_default_generator_builds_with_no_arguments_as_torchserve_does():
+    model = Generator()
+    assert model.arch == "dcgan" and model.num_classes == 10 and model.latent_dim == 100
+
+
+def test_sample_latent_is_reproducible_and_honours_the_digit():
+    model = Generator()
+    a = sample_latent(model, 4, torch.Generator().manual_seed(3))
+    b = sample_latent(model, 4, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    _, labels = sample_latent(model, 6, torch.Generator().manual_seed(3), digit=7)
+    assert labels.tolist() == [7] * 6
+    uniform = Generator(arch="mlp", num_classes=0, noise="uniform")
+    noise, labels = sample_latent(uniform, 100, torch.Generator().manual_seed(0))
+    assert labels is None and noise.min() >= 0 and noise.max() < 1
+
+
+def test_conditional_generator_requires_labels_and_unconditional_refuses_digits():
+    with pytest.raises(ValueError, match="conditional"):
+        Generator()(torch.randn(2, 100))
+    with pytest.raises(ValueError, match="unconditional"):
+        sample_latent(Generator(arch="mlp", num_classes=0), 1, torch.Generator(), digit=3)
+
+
+def test_eval_mode_is_the_real_nn_module_eval():
+    # The tutorial overrode Module.train(); TorchServe calls .eval(), which must still switch BatchNorm.
+    model = Generator()
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="arch"):
+        Generator(arch="transformer")
+    with pytest.raises(ValueError, match="noise"):
+        Generator(noise="cauchy")

@@ -1,0 +1,136 @@
+"""Integration: a real .mar in a real TorchServe on free ports, real HTTP requests, always stopped."""
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from cases import BAD_REQUESTS, JSON
+from scripts.archive import build_archive
+from scripts.server import TorchServe, free_ports
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    store = tmp_path_factory.mktemp("model_store")
+    build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
+    ts = TorchServe(tmp_path_factory.mktemp("torchserve"), store, ports=tuple(free_ports(4)))
+    ts.start()
+    try:
+        yield ts
+    finally:
+        ts.stop()
+        assert ts.pid() is None
+
+
+def post(server, body=None, raw=None, content_type=JSON, headers=None, path=None):
+    headers = {**server.headers(), **({"Content-Type": content_type} if content_type else {}), **(headers or {})}
+    data = raw if raw is not None else (None if body is None else __import__("json").dumps(body))
+    return requests.post(path or server.predict_url, data=data, headers=headers, timeout=30)
+
+
+def assert_good(server, count=2):
+    reply = post(server, {"count": count, "seed": 11})
+    assert reply.status_code == 200, reply.text
+    assert np.asarray(reply.json()["images"]).shape == (count, 28, 28)
+
+
+def test_good_request_returns_compact_json_images(server):
+    reply = post(server, {"count": 3, "seed": 1, "digit": 4})
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"] == "application/json"
+    assert b"\n" not in reply.content and b", " not in reply.content  # compact, not TorchServe's indent=2
+    images = np.asarray(reply.json()["images"])
+    assert images.shape == (3, 28, 28) and images.min() >= 0 and images.max() <= 1
+
+
+def test_seed_reproduces_across_requests_and_workers(server):
+    bodies = [post(server, {"count": 4, "seed": 123}).content for _ in range(6)]  # two workers serve these
+    assert len(set(bodies)) == 1
+    assert post(server, {"count": 4, "seed": 124}).content != bodies[0]
+
+
+@pytest.mark.parametrize("case_id,raw,content_type,message", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_request_gets_400_with_message_then_good_request_works(server, case_id, raw, content_type, message):
+    reply = post(server, raw=raw, content_type=content_type)
+    assert reply.status_code == 400, reply.text
+    assert reply.headers["Content-Type"] == "application/json"
+    assert message in reply.json()["error"]
+    assert_good(server)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "wrong-scheme"}],
+                         ids=["no-token", "wrong-token", "malformed-header"])
+def test_requests_without_the_inference_key_are_refused(server, headers):
+    reply = requests.post(server.predict_url, json={"count": 1}, headers=headers, timeout=30)
+    assert reply.status_code == 400 and "Token Authorization failed" in reply.text
+    assert requests.get(f"{server.inference_url}/ping", headers=headers, timeout=30).status_code == 400
+    assert requests.get(f"{server.inference_url}/ping", headers=server.headers(), timeout=30).status_code == 200
+    assert_good(server)
+
+
+def test_management_key_does_not_open_inference_and_model_api_is_off(server):
+    reply = requests.post(server.predict_url, json={"count": 1}, headers=server.headers("management"), timeout=30)
+    assert reply.status_code == 400
+    register = requests.post(f"{server.management_url}/models?url=mnist_gan.mar", headers=server.headers("management"),
+                             timeout=30)
+    assert register.status_code == 405  # enable_model_api=false: no registering models over HTTP
+    listing = requests.get(f"{server.management_url}/models", headers=server.headers(), timeout=30)
+    assert listing.status_code == 400  # the inference key does not open the management API
+
+
+def test_oversized_body_is_refused_by_the_frontend(server):
+    reply = post(server, raw=b'{"count": 1, "pad": "' + b"x" * 100_000 + b'"}')
+    assert reply.status_code == 413
+    assert_good(server)
+
+
+def test_concurrent_mixed_requests_fail_only_the_bad_ones(server):
+    bodies = [{"count": 2, "seed": i} if i % 3 else {"count": "bad"} for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda b: post(server, b), bodies))
+    for body, reply in zip(bodies, replies):
+        assert reply.status_code == (400 if body["count"] == "bad" else 200), reply.text
+
+
+def _worker_pids(server) -> list[int]:
+    """PIDs of this server's Python workers (they listen on /tmp/.ts.sock.<worker port>)."""
+    marker = f".ts.sock.{server.ports[3]}".encode()
+    alt = f".ts.sock.{server.ports[3] + 1}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"model_service_worker" in cmdline and (marker in cmdline or alt in cmdline):
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_killed_worker_is_replaced_and_serving_resumes(server, record_property):
+    pids = _worker_pids(server)
+    assert pids, "no worker process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    started, deadline = time.monotonic(), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if post(server, {"count": 1, "seed": 0}).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    recovery = time.monotonic() - started
+    record_property("worker_recovery_seconds", round(recovery, 2))
+    print(f"\nall workers SIGKILLed; serving again after {recovery:.1f} s")
+    assert recovery < 120
+    assert set(_worker_pids(server)).isdisjoint(pids)
+    assert_good(server)
