@@ -14,7 +14,7 @@ N ?= 16
 SEED ?=
 DIGIT ?=
 
-.PHONY: install train archive serve stop predict demo test evaluate bench bench-train ablation clean
+.PHONY: install train archive serve stop predict demo test evaluate bench bench-train ablation clean kserve-bundle
 
 install: $(VENV)/.installed
 
@@ -51,3 +51,7 @@ test: install
 
 clean: stop
 	rm -rf artifacts model_store/*.mar
+
+# artifacts/kserve/{config/config.properties,model-store/mnist_gan.mar} for KServe's storageUri (deploy/README.md).
+kserve-bundle: install
+	$(PY) -m scripts.kserve_bundle --mar model_store/mnist_gan.mar --out artifacts/kserve

@@ -12,9 +12,11 @@ import numpy as np
 import orjson
 import torch
 from ts.torch_handler.base_handler import BaseHandler
+from ts.utils.util import PredictionException
 
 from generator import Generator, sample_latent
-from request_contract import DECIMALS, BadRequest, GenerationRequest, error_body, parse_request
+from request_contract import (DECIMALS, V2_OUTPUT, BadRequest, GenerationRequest, error_body, guard_kservev2_envelope,
+                              is_v2_inputs, parse_request, parse_v2_request)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class DigitGANHandler(BaseHandler):
         with open(os.path.join(model_dir, METADATA_FILE)) as f:
             self.metadata = json.load(f)
         super().initialize(context)
+        guard_kservev2_envelope()  # with service_envelope=kservev2: malformed bodies get 400, not 503
+        self.v2 = False
         logger.info("loaded %s generator (%s)", self.metadata.get("preset"), self.metadata["model"])
 
     def _load_pickled_model(self, model_dir: str, model_file: str, model_pt_path: str) -> Generator:
@@ -42,6 +46,12 @@ class DigitGANHandler(BaseHandler):
         return model
 
     def preprocess(self, data: list[dict]) -> list[Union[GenerationRequest, BadRequest]]:
+        self.v2 = is_v2_inputs(data)
+        if self.v2:  # TorchServe's kservev2 envelope: `data` is the input tensors of one request
+            try:
+                return [parse_v2_request(data, self.model.num_classes)]
+            except BadRequest as error:
+                return [error]
         requests = []
         for idx, row in enumerate(data):
             try:
@@ -73,7 +83,12 @@ class DigitGANHandler(BaseHandler):
     def inference(self, requests: list) -> list[Union[np.ndarray, BadRequest]]:
         return [r if isinstance(r, BadRequest) else self.generate(r) for r in requests]
 
-    def postprocess(self, outputs: list) -> list[bytes]:
+    def postprocess(self, outputs: list) -> list:
+        if self.v2:  # the envelope writes the v2 response; it names outputs after context.input_names
+            if isinstance(outputs[0], BadRequest):
+                raise PredictionException(str(outputs[0]), 400)
+            self.context.input_names = [V2_OUTPUT]
+            return [outputs[0].astype(np.float64).round(DECIMALS)]  # see request_contract: why FP64
         responses = []
         for idx, output in enumerate(outputs):
             self.context.set_response_content_type(idx, "application/json")

@@ -5,6 +5,20 @@ Request body (Content-Type: application/json), every field optional:
 Response: {"images": [count x 28 x 28 floats in [0, 1], rounded to 4 decimals]}
 Anything else answers 400 with {"error": "...", "code": 400}, per request: a bad request
 never fails the good ones TorchServe batched with it.
+
+Open Inference Protocol (KServe v2), when TorchServe runs with service_envelope=kservev2
+(TS_SERVICE_ENVELOPE=kservev2), e.g. POST /v2/models/mnist_gan/infer:
+    {"inputs": [{"name": "count", "datatype": "INT64", "shape": [1], "data": [4]},
+                {"name": "seed",  "datatype": "INT64", "shape": [1], "data": [7]},
+                {"name": "digit", "datatype": "INT64", "shape": [1], "data": [3]}]}
+Every input is optional, with the same names, limits and messages as the JSON fields. Response:
+    {"id": ..., "model_name": "mnist_gan", "model_version": "1.0",
+     "outputs": [{"name": "images", "datatype": "FP64", "shape": [count*784], "data": [...]}]}
+The envelope flattens every output: reshape data to count x 28 x 28. FP64 because the envelope
+writes Python floats with json.dumps: the 4-decimal values as float32 would print 17 digits
+each (count=256 would pass max_response_size); as doubles they print as the plain route does.
+A bad request answers 400 {"code": 400, "type": "InternalServerException", "message": "..."}
+(TorchServe's frontend writes that body; the type name is its own).
 """
 import secrets
 from dataclasses import dataclass
@@ -73,6 +87,11 @@ def parse_request(row: dict, content_type: Optional[str], num_classes: int) -> G
     body = _decode_body(row["body"], content_type)
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__ if body is not None else 'null'}")
+    return _generation_request(body, num_classes)
+
+
+def _generation_request(body: dict, num_classes: int) -> GenerationRequest:
+    """The fields' checks, shared by the plain JSON body and the v2 input tensors."""
     allowed = ("count", "seed", "digit") if num_classes else ("count", "seed")
     unknown = [name for name in body if name not in allowed]
     if unknown:
@@ -88,3 +107,92 @@ def error_body(message: str, code: int = 400) -> bytes:
     return orjson.dumps({"error": message, "code": code})
 
 
+
+
+# --- Open Inference Protocol (KServe v2) through TorchServe's kservev2 envelope -------------------
+# The envelope (ts/torch_handler/request_envelope/kservev2.py) parses the body itself and hands the
+# handler the *input tensors of one request* as rows: [{"name", "datatype", "shape", "data"}, ...],
+# with `data` already reshaped to `shape`. It only reads the batch's first request: batchSize stays 1.
+V2_OUTPUT = "images"
+V2_INTEGER_TYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
+
+
+def is_v2_inputs(rows: list) -> bool:
+    """True for the envelope's rows (input tensors); a plain request's row is {"body": ...}."""
+    return bool(rows) and all(isinstance(row, dict) and "datatype" in row and "body" not in row for row in rows)
+
+
+def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
+    """Validates one v2 request's input tensors (each a scalar INT64 field, shape [1])."""
+    body = {}
+    for tensor in inputs:
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("every input needs a 'name': count, seed or digit")
+        if name in body:
+            raise BadRequest(f"input {name!r} is given twice")
+        datatype = tensor.get("datatype")
+        if datatype not in V2_INTEGER_TYPES:
+            raise BadRequest(f"input {name!r} must have datatype INT64, got {datatype!r}")
+        data = tensor.get("data")
+        if tensor.get("shape") != [1] or not isinstance(data, list) or len(data) != 1:
+            raise BadRequest(f"input {name!r} must hold one value (shape [1]), got shape {tensor.get('shape')!r}")
+        body[name] = data[0]
+    return _generation_request(body, num_classes)
+
+
+def _v2_body(rows: list) -> dict:
+    """The v2 request body as the envelope will read it, or BadRequest saying why it is not one."""
+    if not rows or not isinstance(rows[0], dict):
+        raise BadRequest("the request has no body: send an Open Inference Protocol request {\"inputs\": [...]}")
+    body = rows[0].get("data") or rows[0].get("body")
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = orjson.loads(bytes(body))
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict) or "inputs" not in body:
+        raise BadRequest("an Open Inference Protocol request is a JSON object with an 'inputs' list, e.g. "
+                         "{\"inputs\": [{\"name\": \"count\", \"datatype\": \"INT64\", \"shape\": [1], \"data\": [4]}]}")
+    inputs = body["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'inputs' must be a non-empty list of tensors")
+    for tensor in inputs:
+        if not isinstance(tensor, dict) or not {"name", "datatype", "shape", "data"} <= set(tensor):
+            raise BadRequest("every input must be an object with 'name', 'datatype', 'shape' and 'data'")
+        shape, data = tensor["shape"], tensor["data"]
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise BadRequest(f"input {tensor['name']!r}: 'shape' must be a list of non-negative integers")
+        if not isinstance(data, list) or not data:
+            raise BadRequest(f"input {tensor['name']!r}: 'data' must be a non-empty list")
+    return body
+
+
+def guard_kservev2_envelope() -> None:
+    """Makes TorchServe's kservev2 envelope answer a malformed body with 400 and a message.
+
+    The envelope parses the body before the handler runs and, unguarded, turns a body without
+    'inputs' (or one that is not JSON) into a KeyError: 503 "Prediction failed". Patched on the
+    class, in this worker process only (a worker serves one model); idempotent; harmless when
+    the envelope is not configured.
+    """
+    try:
+        from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
+        from ts.utils.util import PredictionException
+    except ImportError:  # not inside TorchServe
+        return
+    original = KServev2Envelope.parse_input
+    if getattr(original, "guarded", False):
+        return
+
+    def parse_input(self, data):
+        try:
+            _v2_body(data)
+            return original(self, data)
+        except BadRequest as error:
+            raise PredictionException(str(error), 400) from None
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise PredictionException(f"not a valid Open Inference Protocol request ({error})", 400) from None
+
+    parse_input.guarded = True
+    KServev2Envelope.parse_input = parse_input
