@@ -3,7 +3,6 @@
     python -m scripts.archive --weights artifacts/generator.pt --metadata artifacts/generator.json
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -11,31 +10,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from handler.generator import Generator
-from train.artifacts import load_generator_state
+from train.artifacts import load_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_DIR = ROOT / "handler"
 MODEL_NAME = "mnist_gan"
 
 
-def check_weights(weights: Path, metadata: Path) -> dict:
-    """Raises ValueError with a clear message unless `weights` load into the generator `metadata` describes."""
-    try:
-        meta = json.loads(metadata.read_text())
-        kwargs = meta["model"]
-        model = Generator(**kwargs)
-    except FileNotFoundError:
-        raise ValueError(f"{metadata} does not exist: run `make train` first") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{metadata} is not valid generator metadata ({error!r})") from None
-    load_generator_state(weights, model)
-    return meta
-
-
 def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: str = MODEL_NAME) -> Path:
     """Checks the weights, then writes <export_path>/<model_name>.mar atomically and returns its path."""
-    check_weights(weights, metadata)
+    load_generator(weights, metadata)  # refuse weights that would make a broken archive
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".archive-") as staging:
         staged_meta = Path(staging) / "generator.json"  # packed under the name the handler reads

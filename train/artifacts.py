@@ -68,6 +68,22 @@ def image_grid(images: torch.Tensor, nrow: int, path: str | Path, title: Optiona
     save_figure(figure, path)
 
 
+def load_generator(weights: str | Path, metadata: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The trained generator (eval mode, CPU) and its metadata; ValueError says what is wrong."""
+    from handler.generator import Generator
+
+    metadata = Path(metadata)
+    try:
+        meta = json.loads(metadata.read_text())
+        model = Generator(**meta["model"])
+    except FileNotFoundError:
+        raise ValueError(f"{metadata} does not exist: run `make train` first") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{metadata} is not valid generator metadata ({error!r})") from None
+    load_generator_state(weights, model)
+    return model.eval(), meta
+
+
 def load_generator_state(path: str | Path, model: torch.nn.Module) -> None:
     """Loads a plain state dict into `model`, with a message that says what is wrong if it can't."""
     try:

@@ -1,0 +1,186 @@
+"""`make bench`: where serving time goes, measured in one run on this machine.
+
+    python -m scripts.bench --run-dir artifacts
+
+1. the bare generator forward pass at batch 64 (images/s: this machine's limit for the model)
+2. the handler in-process (initialize once, handle a count=64 request in a loop)
+3. served latency p50/p99 of sequential count=1 requests over loopback HTTP
+4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 2 workers
+5. served throughput with 1 and 2 workers (4 clients, count=64): the per-worker figure for capacity planning
+6. a load run: 16 clients for --load-seconds with mixed counts; failures and p50/p99
+"""
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import requests
+import torch
+
+from scripts.archive import build_archive
+from scripts.local_handler import LocalHandler, model_dir_from
+from scripts.server import TorchServe, free_ports
+from train.artifacts import load_generator
+
+JSON = "application/json"
+
+
+def rate(fn: Callable[[], int], seconds: float) -> float:
+    """Items per second of `fn` (which returns how many items it made), after one warm-up call."""
+    fn()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += fn()
+    return done / (time.perf_counter() - started)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def bare_forward(run_dir: Path, seconds: float) -> float:
+    model, _ = load_generator(run_dir / "generator.pt", run_dir / "generator.json")
+    noise = torch.randn(64, model.latent_dim)
+    labels = torch.arange(64) % model.num_classes if model.num_classes else None
+
+    @torch.inference_mode()
+    def step() -> int:
+        model(noise, labels)
+        return 64
+
+    return rate(step, seconds)
+
+
+def in_process(run_dir: Path, seconds: float) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = LocalHandler(model_dir_from(run_dir, Path(tmp)))
+
+        def step() -> int:
+            out = local.handle_raw([{"body": {"count": 64}}], [JSON])
+            assert local.context.get_response_status(0)[0] == 200 and len(out[0]) > 100_000
+            return 64
+
+        return rate(step, seconds)
+
+
+def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int]) -> dict:
+    """n_clients threads, each with its own keep-alive session, POSTing for `seconds`."""
+    headers = {**server.headers(), "Content-Type": JSON}
+    lock, latencies, images, failures = threading.Lock(), [], [0], []
+    stop_at = time.perf_counter() + seconds
+
+    def worker(seed: int) -> None:
+        rng, session = random.Random(seed), requests.Session()
+        while time.perf_counter() < stop_at:
+            count = rng.choice(counts)
+            started = time.perf_counter()
+            try:
+                reply = session.post(server.predict_url, data=json.dumps({"count": count}), headers=headers, timeout=60)
+                ok = reply.status_code == 200 and len(reply.content) > count * 784
+                error = None if ok else f"{reply.status_code}: {reply.text[:100]}"
+            except requests.RequestException as exc:
+                error = repr(exc)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if error:
+                    failures.append(error)
+                else:
+                    latencies.append(elapsed)
+                    images[0] += count
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return dict(images_per_s=images[0] / wall, requests=len(latencies), failures=failures,
+                p50_ms=1000 * percentile(latencies, 50) if latencies else float("nan"),
+                p99_ms=1000 * percentile(latencies, 99) if latencies else float("nan"))
+
+
+def sequential_latency(server: TorchServe, n: int) -> tuple[float, float]:
+    session, headers = requests.Session(), {**server.headers(), "Content-Type": JSON}
+    body = json.dumps({"count": 1})
+    for _ in range(20):
+        session.post(server.predict_url, data=body, headers=headers)
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        reply = session.post(server.predict_url, data=body, headers=headers)
+        latencies.append(time.perf_counter() - started)
+        assert reply.status_code == 200
+    return 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99)
+
+
+def scale_workers(server: TorchServe, workers: int) -> None:
+    reply = requests.put(f"{server.management_url}/models/mnist_gan",
+                         params=dict(min_worker=workers, max_worker=workers, synchronous="true"),
+                         headers=server.headers("management"), timeout=120)
+    reply.raise_for_status()
+    time.sleep(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("artifacts"))
+    parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    parser.add_argument("--load-seconds", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/bench.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)
+
+    lines, results = [], {}
+    bare = bare_forward(args.run_dir, args.seconds)
+    handler = in_process(args.run_dir, args.seconds)
+    print(f"bare forward {bare:.0f} img/s, handler {handler:.0f} img/s", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", Path(tmp) / "store").parent
+        server = TorchServe(Path(tmp) / "ts", store, ports=tuple(free_ports(4)))
+        server.start()
+        try:
+            p50, p99 = sequential_latency(server, 300)
+            for n_clients in (1, 4, 16):
+                for count in (1, 64):
+                    results[(2, n_clients, count)] = clients(server, n_clients, args.seconds, [count])
+            load = clients(server, 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
+            scale_workers(server, 1)
+            results[(1, 4, 64)] = clients(server, 4, args.seconds, [64])
+        finally:
+            server.stop()
+    served = results[(2, 4, 64)]["images_per_s"]
+    lines += [
+        "| measurement | result | ratio |", "|---|---:|---:|",
+        f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
+        f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | handler ÷ bare = {handler / bare:.2f} |",
+        f"| served, 4 clients, count=64, 2 workers | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
+        f"| served latency, sequential count=1 | p50 {p50:.2f} ms, p99 {p99:.2f} ms | |",
+        "", "| workers | clients | count | images/s | requests/s | p50 ms | p99 ms | failed |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (workers, n_clients, count), r in sorted(results.items()):
+        lines.append(f"| {workers} | {n_clients} | {count} | {r['images_per_s']:,.0f} | {r['requests'] / args.seconds:,.0f} | "
+                     f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {len(r['failures'])} |")
+    lines += ["", f"Load: 16 clients for {args.load_seconds:.0f} s, counts drawn from 1, 1, 4, 16, 64, 256: "
+              f"{load['requests']:,} requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, "
+              f"p99 {load['p99_ms']:.1f} ms, {load['images_per_s']:,.0f} images/s."]
+    one, two = results[(1, 4, 64)]["images_per_s"], served
+    lines += [f"Scaling: 1 worker {one:,.0f} images/s, 2 workers {two:,.0f} images/s (×{two / one:.2f}) on 2 cores."]
+    report = "\n".join(lines)
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report + "\n")
+    if load["failures"]:
+        print(f"load run: {len(load['failures'])} failures, e.g. {load['failures'][:3]}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""`make evaluate`: the quality report, on a feature space of an MNIST classifier trained here.
+
+    python -m train.evaluate --data-dir data
+
+FID (classifier penultimate features, vs the 10,000 test images), Inception Score (the
+classifier's logits), KL divergence of the predicted-class histogram to uniform, the
+fraction of conditional samples classified as the requested digit, and the mean pairwise
+distance of 100 samples per digit (a mode-collapse measure, compared with real digits).
+Calibration rows (real training images, shifted by one pixel, blurred) say what a given
+FID means on this feature space.
+"""
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from tqdm import tqdm
+
+from handler.generator import Generator, sample_latent
+from train import artifacts
+from train.classifier import FEATURES, MnistClassifier
+from train.data import MnistMissing, load_mnist
+
+SAMPLES = 10_000
+PER_DIGIT = 100  # samples per digit for the pairwise-distance (mode collapse) measure
+TARGET_ACCURACY = 0.99
+
+
+# -- the feature extractor ----------------------------------------------------------------
+def random_shift(images: torch.Tensor, max_pixels: int, rng: torch.Generator) -> torch.Tensor:
+    """Moves each image by up to `max_pixels` in x and y (augmentation: the classifier must not
+    call a digit different because it sits a pixel off-centre)."""
+    shifts = torch.randint(-max_pixels, max_pixels + 1, (len(images), 2), generator=rng).float()
+    theta = torch.zeros(len(images), 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = shifts * 2 / images.shape[-1]
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def train_classifier(data_dir: str | Path, epochs: int = 4, limit: int = 0, seed: int = 0) -> tuple[MnistClassifier, float]:
+    """Trains on the training split only; returns the model (eval mode) and its test accuracy."""
+    torch.manual_seed(seed)
+    images, labels = load_mnist(data_dir, train=True, limit=limit)
+    test_images, test_labels = load_mnist(data_dir, train=False)
+    model = MnistClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch_size = 128
+    steps = epochs * math.ceil(len(images) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    rng = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        batches = torch.randperm(len(images), generator=rng).split(batch_size)
+        for index in tqdm(batches, desc=f"classifier epoch {epoch + 1}/{epochs}", unit="step", mininterval=2):
+            optimizer.zero_grad()
+            F.cross_entropy(model(random_shift(images[index], 2, rng)), labels[index]).backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    return model, accuracy(model, test_images, test_labels)
+
+
+@torch.inference_mode()
+def predict(model: MnistClassifier, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
+
+
+def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return (predict(model, images) == labels).float().mean().item()
+
+
+def load_or_train_classifier(path: Path, data_dir: str | Path) -> tuple[MnistClassifier, float]:
+    """The cached classifier at `path` (with its test accuracy in a .json beside it), trained if absent."""
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        import json
+
+        model = MnistClassifier()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval(), json.loads(meta_path.read_text())["test_accuracy"]
+    started = time.perf_counter()
+    model, test_accuracy = train_classifier(data_dir)
+    if test_accuracy < TARGET_ACCURACY:
+        raise RuntimeError(f"the classifier reached only {test_accuracy:.4f} test accuracy (< {TARGET_ACCURACY})")
+    artifacts.save_torch(model.state_dict(), path)
+    artifacts.save_json(dict(test_accuracy=test_accuracy, train_seconds=round(time.perf_counter() - started, 1),
+                             trained_on="MNIST training split (60,000)"), meta_path)
+    return model, test_accuracy
+
+
+class _Embedding(nn.Module):
+    """The classifier's penultimate features, as torchmetrics' FID wants a feature module."""
+
+    num_features = FEATURES
+
+    def __init__(self, classifier: MnistClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.embed(images)
+
+
+class _Logits(nn.Module):
+    def __init__(self, classifier: MnistClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(images)
+
+
+# -- metrics --------------------------------------------------------------------------------
+def kl_to_uniform(predicted: torch.Tensor, classes: int = 10) -> float:
+    """KL(histogram of predicted classes || uniform), in nats: 0 when balanced, log(10) for one class."""
+    p = torch.bincount(predicted, minlength=classes).double() / len(predicted)
+    nonzero = p > 0
+    return (p[nonzero] * (p[nonzero] * classes).log()).sum().item()
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> float:
+    """Mean L2 distance between all pairs (pixel space); near 0 means the samples are copies."""
+    if len(images) < 2:
+        return float("nan")
+    return torch.pdist(images.flatten(1).double()).mean().item()
+
+
+@dataclass
+class Row:
+    name: str
+    fid: float
+    inception_score: float
+    inception_std: float
+    kl_uniform: float
+    digit_accuracy: Optional[float] = None
+    per_digit_accuracy: list[float] = field(default_factory=list)
+    pairwise: list[float] = field(default_factory=list)  # per digit
+    histogram: list[int] = field(default_factory=list)
+
+    @property
+    def pairwise_mean(self) -> float:
+        finite = [d for d in self.pairwise if not math.isnan(d)]
+        return sum(finite) / len(finite) if finite else float("nan")
+
+
+class Evaluator:
+    """Holds the classifier, the test-set reference statistics and the per-digit real references."""
+
+    def __init__(self, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor) -> None:
+        self.classifier = classifier.eval()
+        self.fid = FrechetInceptionDistance(feature=_Embedding(self.classifier), reset_real_features=False)
+        with torch.inference_mode():
+            for chunk in test_images.split(1000):
+                self.fid.update(chunk, real=True)
+        self.real_pairwise = [mean_pairwise_distance(test_images[test_labels == d][:PER_DIGIT]) for d in range(10)]
+
+    @torch.inference_mode()
+    def row(self, name: str, images: torch.Tensor, requested: Optional[torch.Tensor] = None) -> Row:
+        """Metrics of `images` (N x 1 x 28 x 28 in [0, 1]); `requested`: the digits asked for, if conditional."""
+        self.fid.reset()
+        inception = InceptionScore(feature=_Logits(self.classifier), splits=10)
+        for chunk in images.split(1000):
+            self.fid.update(chunk, real=False)
+            inception.update(chunk)
+        score, std = inception.compute()
+        predicted = predict(self.classifier, images)
+        row = Row(name, self.fid.compute().item(), score.item(), std.item(), kl_to_uniform(predicted),
+                  histogram=torch.bincount(predicted, minlength=10).tolist())
+        groups = requested if requested is not None else predicted  # unconditional: group by what it looks like
+        row.pairwise = [mean_pairwise_distance(images[groups == d][:PER_DIGIT]) for d in range(10)]
+        if requested is not None:
+            hits = predicted == requested
+            row.digit_accuracy = hits.float().mean().item()
+            row.per_digit_accuracy = [hits[requested == d].float().mean().item() for d in range(10)]
+        return row
+
+
+@torch.inference_mode()
+def generate(model: Generator, count: int = SAMPLES, seed: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """`count` samples; a conditional model gets each digit count/10 times (the requested labels are returned)."""
+    rng = torch.Generator().manual_seed(seed)
+    noise, labels = sample_latent(model, count, rng)
+    if labels is not None:
+        labels = torch.arange(count) % model.num_classes
+    images = torch.cat([model(z, None if y is None else y)
+                        for z, y in zip(noise.split(1000), labels.split(1000) if labels is not None else [None] * math.ceil(count / 1000))])
+    return images, labels
+
+
+def shift_one_pixel(images: torch.Tensor) -> torch.Tensor:
+    return F.pad(images, (1, 0, 0, 0))[..., :, :-1]  # one pixel to the right, zeros enter on the left
+
+
+def binomial_blur(images: torch.Tensor) -> torch.Tensor:
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16).view(1, 1, 3, 3)
+    return F.conv2d(images, kernel, padding=1)
+
+
+# -- the report -----------------------------------------------------------------------------
+def format_table(rows: list[Row], real_pairwise: list[float]) -> str:
+    real_mean = sum(real_pairwise) / len(real_pairwise)
+    lines = [
+        "| samples | FID ↓ | Inception Score ↑ | KL to uniform ↓ | requested digit ✓ | worst digit ✓ | pairwise distance (real ≈ %.2f) |" % real_mean,
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        acc = f"{r.digit_accuracy:.2%}" if r.digit_accuracy is not None else "–"
+        worst = f"{min(r.per_digit_accuracy):.2%}" if r.per_digit_accuracy else "–"
+        lines.append(f"| {r.name} | {r.fid:.3f} | {r.inception_score:.3f} ± {r.inception_std:.3f} | "
+                     f"{r.kl_uniform:.4f} | {acc} | {worst} | {r.pairwise_mean:.2f} (min {min(r.pairwise):.2f}) |")
+    return "\n".join(lines)
+
+
+def per_digit_table(rows: list[Row], real_pairwise: list[float]) -> str:
+    lines = ["| digit | " + " | ".join(str(d) for d in range(10)) + " |", "|---|" + "---:|" * 10,
+             "| real: pairwise distance | " + " | ".join(f"{v:.2f}" for v in real_pairwise) + " |"]
+    for r in rows:
+        if r.per_digit_accuracy:
+            lines.append(f"| {r.name}: requested digit ✓ | " + " | ".join(f"{v:.1%}" for v in r.per_digit_accuracy) + " |")
+        lines.append(f"| {r.name}: pairwise distance | " + " | ".join(f"{v:.2f}" for v in r.pairwise) + " |")
+        lines.append(f"| {r.name}: predicted-class count | " + " | ".join(str(v) for v in r.histogram) + " |")
+    return "\n".join(lines)
+
+
+def target_checks(row: Row, shift_fid: float) -> list[tuple[str, bool]]:
+    checks = [(f"FID {row.fid:.3f} ≤ one-pixel-shift FID {shift_fid:.3f}", row.fid <= shift_fid),
+              (f"Inception Score {row.inception_score:.3f} ≥ 9.0", row.inception_score >= 9.0),
+              (f"KL to uniform {row.kl_uniform:.4f} ≤ 0.01", row.kl_uniform <= 0.01)]
+    if row.per_digit_accuracy:
+        worst = min(row.per_digit_accuracy)
+        checks.append((f"requested-digit accuracy ≥ 98% for every digit (worst {worst:.2%})", worst >= 0.98))
+    return checks
+
+
+def digit_grid(model: Generator, path: Path, title: str) -> None:
+    """One row per digit (conditional), or 100 samples (unconditional)."""
+    with torch.inference_mode():
+        rng = torch.Generator().manual_seed(2024)
+        noise, labels = sample_latent(model, 100, rng)
+        if labels is not None:
+            labels = torch.arange(10).repeat_interleave(10)
+        images = model(noise, labels)
+    artifacts.image_grid(images, 10, path, title=title)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--out-dir", type=Path, default=Path("artifacts"))
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=RUN_DIR",
+                        help="extra generator rows (a run directory with generator.pt and generator.json)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out: Path = args.out_dir
+    try:
+        classifier, test_accuracy = load_or_train_classifier(out / "classifier.pt", args.data_dir)
+        train_images, _ = load_mnist(args.data_dir, train=True)
+        test_images, test_labels = load_mnist(args.data_dir, train=False)
+    except MnistMissing as error:
+        raise SystemExit(f"error: {error}")
+    print(f"classifier test accuracy: {test_accuracy:.4f}", file=sys.stderr)
+    evaluator = Evaluator(classifier, test_images, test_labels)
+    real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:SAMPLES]]
+    rows = [evaluator.row("real training images (floor)", real),
+            evaluator.row("real, shifted one pixel", shift_one_pixel(real)),
+            evaluator.row("real, 3x3 binomial blur", binomial_blur(real))]
+    runs = [("tutorial preset", out / "presets" / "tutorial")]
+    runs += [tuple(spec.split("=", 1)) for spec in args.model]
+    runs.append(("default model (served)", out))
+    notes, default = [], None
+    for name, run_dir in runs:
+        run_dir = Path(run_dir)
+        try:
+            model, meta = artifacts.load_generator(run_dir / "generator.pt", run_dir / "generator.json")
+        except ValueError as error:
+            notes.append(f"- {name}: skipped ({error})")
+            continue
+        label = f"{name}: {meta['preset']}, {meta['epochs']} epochs, {meta['train_seconds'] / 60:.1f} min"
+        images, requested = generate(model)
+        rows.append(evaluator.row(label, images, requested))
+        if run_dir == out:
+            default = rows[-1]
+            digit_grid(model, out / "digits.png", f"{meta['preset']}: one row per digit")
+    table = format_table(rows, evaluator.real_pairwise)
+    report = ["# Quality report", "",
+              f"Feature space: an MNIST classifier trained on the training split, test accuracy {test_accuracy:.2%}. "
+              f"{SAMPLES:,} samples per row against the {len(test_images):,} test images.", "", table, "",
+              "## Per digit", "", per_digit_table(rows, evaluator.real_pairwise), ""]
+    if default is not None:
+        report += ["## Targets (default model)", ""]
+        report += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in target_checks(default, rows[1].fid)]
+        report += ["", "![one row per digit](digits.png)", ""]
+    report += notes
+    with artifacts.atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    print(f"\nwrote {out / 'report.md'} and {out / 'digits.png'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
