@@ -7,6 +7,7 @@ PYTHON ?= python3
 # MNIST: data/ (torchvision downloads it there when online); offline, ../shared/data if it has it.
 DATA_DIR ?= $(if $(wildcard data/MNIST/raw/*),data,$(if $(wildcard ../shared/data/MNIST/raw/*),../shared/data,data))
 PRESET ?= cdcgan
+OUT ?= artifacts
 EPOCHS ?=
 DEVICE ?= auto
 RESUME ?=
@@ -14,7 +15,7 @@ N ?= 16
 SEED ?=
 DIGIT ?=
 
-.PHONY: install train archive serve stop predict demo test evaluate bench bench-train ablation clean kserve-bundle
+.PHONY: install baseline train archive serve stop predict demo test evaluate bench bench-train ablation clean kserve-bundle
 
 install: $(VENV)/.installed
 
@@ -24,11 +25,15 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 train: install
-	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) \
+	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) --out-dir $(OUT) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume)
 
+# The tutorial recipe, the baseline of `make evaluate` and `make bench-train` (about 21 minutes here).
+baseline: install
+	$(MAKE) train PRESET=tutorial OUT=artifacts/presets/tutorial $(if $(RESUME),RESUME=1)
+
 archive: install
-	$(PY) -m scripts.archive --weights artifacts/generator.pt --metadata artifacts/generator.json --export-path model_store
+	$(PY) -m scripts.archive --weights $(OUT)/generator.pt --metadata $(OUT)/generator.json --export-path model_store
 
 serve: install
 	$(PY) -m scripts.server start
@@ -39,12 +44,25 @@ stop: install
 predict: install
 	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT))
 
-# Set-up, a one-epoch training, archive, serve, one request, the picture, and the server stopped again.
+# Set-up, a one-epoch training (in artifacts/demo, so a real model in artifacts/ is kept),
+# archive, serve, one request, the picture, and the server stopped again.
 demo: install
-	$(MAKE) train EPOCHS=$(or $(EPOCHS),1)
-	$(MAKE) archive
+	$(MAKE) train EPOCHS=$(or $(EPOCHS),1) OUT=artifacts/demo
+	$(MAKE) archive OUT=artifacts/demo
 	$(MAKE) serve
 	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
+
+evaluate: install
+	$(PY) -m train.evaluate --data-dir $(DATA_DIR) --out-dir artifacts
+
+bench: install
+	$(PY) -m scripts.bench --run-dir $(OUT)
+
+bench-train: install
+	$(PY) -m train.bench_train --data-dir $(DATA_DIR)
+
+ablation: install
+	$(PY) -m train.ablation --data-dir $(DATA_DIR)
 
 test: install
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest

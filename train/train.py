@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import torchvision
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from handler.generator import Generator, sample_latent
@@ -61,9 +61,14 @@ class Trainer:
         self.loss_fn = LOSSES[config.loss]()
         self.ema: Optional[AveragedModel] = None
         if config.ema_decay:
-            self.ema = AveragedModel(
-                self.generator, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-            )
+            decay = config.ema_decay
+
+            def ema_update(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+                # Warm-up: early on, a fixed 0.999 would mostly average the random initial weights.
+                d = torch.clamp((1 + updates) / (10 + updates), max=decay)
+                return averaged + (current - averaged) * (1 - d)
+
+            self.ema = AveragedModel(self.generator, avg_fn=ema_update, use_buffers=True)
         # Noise and fake labels come from their own generator, checkpointed with the run.
         self.noise_rng = torch.Generator().manual_seed(config.seed)
         self.epoch, self.step_in_epoch, self.steps, self.images_seen = 0, 0, 0, 0

@@ -1,0 +1,106 @@
+"""`make bench-train`: training speed of the default preset against the tutorial recipe, in one run.
+
+    python -m train.bench_train --data-dir data
+
+Measures the training throughput (images/s) of both presets here, then trains the default
+preset, pausing the clock every --eval-every steps to compute the FID of its served (EMA)
+weights, until it is at least as good as the tutorial preset's 4-epoch model
+(artifacts/presets/tutorial, from `make baseline`). The tutorial's 4-epoch time is its
+measured throughput extrapolated to 4 x 60,000 images, on the same machine in the same run.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from train import artifacts
+from train.config import make_config
+from train.data import MnistMissing, load_mnist
+from train.evaluate import Evaluator, generate, load_or_train_classifier
+from train.train import Trainer
+
+
+def throughput(preset: str, images: torch.Tensor, labels: torch.Tensor, seconds: float, threads: int) -> float:
+    torch.set_num_threads(threads)
+    trainer = Trainer(make_config(preset))
+    bs, conditional = trainer.config.batch_size, trainer.config.num_classes > 0
+    order = torch.randperm(len(images)).split(bs)
+    trainer.train_step(images[order[0]], labels[order[0]] if conditional else None)  # warm-up
+    done, started, i = 0, time.perf_counter(), 1
+    while time.perf_counter() - started < seconds:
+        index = order[i % len(order)]
+        trainer.train_step(images[index], labels[index] if conditional else None)
+        done, i = done + len(index), i + 1
+    return done / (time.perf_counter() - started)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--seconds", type=float, default=20.0, help="per throughput measurement")
+    parser.add_argument("--eval-every", type=int, default=50, help="default-preset steps between FID checks")
+    parser.add_argument("--max-epochs", type=int, default=3)
+    args = parser.parse_args(argv)
+    baseline = args.artifacts / "presets" / "tutorial"
+    try:
+        tutorial_model, tutorial_meta = artifacts.load_generator(baseline / "generator.pt", baseline / "generator.json")
+        images, labels = load_mnist(args.data_dir, train=True)
+        test_images, test_labels = load_mnist(args.data_dir, train=False)
+    except ValueError as error:
+        raise SystemExit(f"bench-train needs the tutorial baseline: {error} (run `make baseline`)")
+    except MnistMissing as error:
+        raise SystemExit(f"error: {error}")
+    classifier, _ = load_or_train_classifier(args.artifacts / "classifier.pt", args.data_dir)
+    evaluator = Evaluator(classifier, test_images, test_labels)
+    torch.set_num_threads(2)
+    target = evaluator.row("tutorial", *generate(tutorial_model)).fid
+
+    # Each recipe with the thread count it trains with (train.py: 1 thread below batch size 16).
+    tutorial_rate = throughput("tutorial", images, labels, args.seconds, threads=1)
+    default_rate = throughput("cdcgan", images, labels, args.seconds, threads=2)
+    tutorial_seconds = 4 * len(images) / tutorial_rate
+    print(f"throughput: tutorial {tutorial_rate:.0f} images/s, cdcgan {default_rate:.0f} images/s", file=sys.stderr)
+
+    torch.set_num_threads(2)
+    trainer = Trainer(make_config("cdcgan"))
+    training_seconds, steps, reached, fid = 0.0, 0, None, float("nan")
+    for epoch in range(args.max_epochs):
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch)).split(trainer.config.batch_size)
+        for index in order:
+            started = time.perf_counter()
+            trainer.train_step(images[index], labels[index])
+            training_seconds += time.perf_counter() - started
+            steps += 1
+            if steps % args.eval_every == 0:
+                model = trainer.served_generator().eval()
+                fid = evaluator.row("cdcgan", *generate(model)).fid
+                model.train()
+                print(f"step {steps}: {training_seconds:.1f} s of training, FID {fid:.2f} (target {target:.2f})",
+                      file=sys.stderr)
+                if fid <= target:
+                    reached = training_seconds
+                    break
+        if reached is not None:
+            break
+    lines = [
+        "| | tutorial preset | default preset (cdcgan) | ratio |", "|---|---:|---:|---:|",
+        f"| training throughput | {tutorial_rate:,.0f} images/s | {default_rate:,.0f} images/s | ×{default_rate / tutorial_rate:.1f} |",
+        f"| FID of the tutorial's 4-epoch model ({tutorial_meta['epochs']} epochs) | {target:.2f} | | |",
+    ]
+    if reached is not None:
+        lines.append(f"| time to that FID | {tutorial_seconds:,.0f} s (4 epochs, extrapolated) | {reached:,.1f} s "
+                     f"({steps} steps, FID {fid:.2f}) | ×{tutorial_seconds / reached:.0f} faster |")
+    else:
+        lines.append(f"| time to that FID | {tutorial_seconds:,.0f} s | not reached in {args.max_epochs} epochs "
+                     f"(last FID {fid:.2f}) | |")
+    print("\n".join(lines))
+    with artifacts.atomic_path(args.artifacts / "bench_train.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
