@@ -17,7 +17,8 @@ HANDLER_DIR = ROOT / "handler"
 MODEL_NAME = "mnist_gan"
 
 
-def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: str = MODEL_NAME) -> Path:
+def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: str = MODEL_NAME,
+                  model_config: Path = HANDLER_DIR / "model-config.yaml") -> Path:
     """Checks the weights, then writes <export_path>/<model_name>.mar atomically and returns its path."""
     load_generator(weights, metadata)  # refuse weights that would make a broken archive
     export_path.mkdir(parents=True, exist_ok=True)
@@ -32,7 +33,7 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: 
             "--serialized-file", str(weights),
             "--handler", str(HANDLER_DIR / "mnist_gan_handler.py"),
             "--extra-files", f"{staged_meta},{HANDLER_DIR / 'request_contract.py'}",
-            "--config-file", str(HANDLER_DIR / "model-config.yaml"),
+            "--config-file", str(model_config),
             "--export-path", staging,
         ]
         subprocess.run(command, check=True)

@@ -29,6 +29,7 @@ from scripts.server import TorchServe, free_ports
 from train.artifacts import load_generator
 
 JSON = "application/json"
+BATCHING_CONFIG = "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 1\nresponseTimeout: 30\n"
 
 
 def rate(fn: Callable[[], int], seconds: float) -> float:
@@ -156,6 +157,18 @@ def main() -> None:
             results[(1, 4, 64)] = clients(server, 4, args.seconds, [64])
         finally:
             server.stop()
+        # The same with TorchServe's server-side batching (up to 8 requests per handler call).
+        batching_config = Path(tmp) / "model-config.yaml"
+        batching_config.write_text(BATCHING_CONFIG)
+        store_b = Path(tmp) / "store-batching"
+        build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", store_b, model_config=batching_config)
+        server = TorchServe(Path(tmp) / "ts-batching", store_b, ports=tuple(free_ports(4)))
+        server.start()
+        try:
+            batched_p50, batched_p99 = sequential_latency(server, 300)
+            batched = {count: clients(server, 16, args.seconds, [count]) for count in (1, 64)}
+        finally:
+            server.stop()
     served = results[(2, 4, 64)]["images_per_s"]
     lines += [
         "| measurement | result | ratio |", "|---|---:|---:|",
@@ -168,6 +181,10 @@ def main() -> None:
     for (workers, n_clients, count), r in sorted(results.items()):
         lines.append(f"| {workers} | {n_clients} | {count} | {r['images_per_s']:,.0f} | {r['requests'] / args.seconds:,.0f} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {len(r['failures'])} |")
+    lines += ["", f"Server-side batching (batchSize 8, maxBatchDelay 1 ms, 2 workers): sequential count=1 p50 "
+              f"{batched_p50:.2f} ms, p99 {batched_p99:.2f} ms; 16 clients count=1: {batched[1]['images_per_s']:,.0f} "
+              f"images/s (without batching {results[(2, 16, 1)]['images_per_s']:,.0f}); 16 clients count=64: "
+              f"{batched[64]['images_per_s']:,.0f} images/s (without {results[(2, 16, 64)]['images_per_s']:,.0f})."]
     lines += ["", f"Load: 16 clients for {args.load_seconds:.0f} s, counts drawn from 1, 1, 4, 16, 64, 256: "
               f"{load['requests']:,} requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, "
               f"p99 {load['p99_ms']:.1f} ms, {load['images_per_s']:,.0f} images/s."]

@@ -3,16 +3,24 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from handler.generator import MLP_HIDDEN
+
+
+class MinibatchStdDev(nn.Module):
+    """Appends the batch's mean feature standard deviation as one more channel (Karras et al., 2018):
+    a batch of near-copies looks different from a batch of real digits, so collapse is penalised."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = x.std(dim=0, unbiased=False).mean() if len(x) > 1 else x.new_zeros(())
+        return torch.cat([x, std.expand(len(x), 1, *x.shape[2:])], dim=1)
 
 
 class Discriminator(nn.Module):
     """Scores 1x28x28 images: real (high) or generated (low).
 
-    arch "dcgan": a spectrally normalised conv net returning logits, with a projection
-      term (Miyato & Koyama, 2018) so a conditional score says "a real *this digit*".
+    arch "dcgan": a small conv net returning logits; conditional on the digit through a
+      learned label map (an extra input channel), with a minibatch-stddev channel against collapse.
     arch "mlp" / "mlp-sigmoid": the tutorial's networks, returning probabilities
       (they end in Sigmoid, as the tutorial's BCE/MSE losses expect).
     """
@@ -21,29 +29,28 @@ class Discriminator(nn.Module):
         super().__init__()
         self.arch = arch
         if arch == "dcgan":
+            # The digit enters as a learned 28x28 map, one more channel beside the image.
+            self.label_map = nn.Embedding(num_classes, 28 * 28) if num_classes else None
             self.features = nn.Sequential(
-                spectral_norm(nn.Conv2d(1, width, 4, 2, 1)),  # w x 14 x 14
+                nn.Conv2d(2 if num_classes else 1, width, 4, 2, 1),  # w x 14 x 14
                 nn.LeakyReLU(0.2),
-                spectral_norm(nn.Conv2d(width, 2 * width, 4, 2, 1)),  # 2w x 7 x 7
+                nn.Conv2d(width, 2 * width, 4, 2, 1),  # 2w x 7 x 7
+                nn.BatchNorm2d(2 * width),
                 nn.LeakyReLU(0.2),
+                MinibatchStdDev(),  # (2w + 1) x 7 x 7
                 nn.Flatten(),
             )
-            feature_dim = 2 * width * 7 * 7
-            self.score = spectral_norm(nn.Linear(feature_dim, 1))
-            self.label_projection = (
-                spectral_norm(nn.Embedding(num_classes, feature_dim)) if num_classes else None
-            )
+            self.score = nn.Linear((2 * width + 1) * 7 * 7, 1)
         elif arch in ("mlp", "mlp-sigmoid"):
             hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]
             self.features = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, MLP_HIDDEN), *hidden)
             self.score = nn.Sequential(nn.Linear(MLP_HIDDEN, 1), nn.Sigmoid())
-            self.label_projection = None
+            self.label_map = None
         else:
             raise ValueError(f"unknown discriminator arch {arch!r}")
 
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.label_map is not None:
+            images = torch.cat([images, self.label_map(labels).view(-1, 1, 28, 28)], dim=1)
         features = self.features(images)
-        score = self.score(features)
-        if self.label_projection is not None:
-            score = score + (self.label_projection(labels) * features).sum(dim=1, keepdim=True)
-        return score
+        return self.score(features)
