@@ -23,6 +23,7 @@ class TrainConfig:
     # "tutorial": D on one real image, D on one fake, then G on fresh noise, three optimizer steps.
     step_style: str = "joint"
     ema_decay: float = 0.999  # serve an exponential moving average of G; 0 serves G itself
+    aux_classifier: bool = True  # dcgan: D also classifies the digit, G is trained to match it (AC-GAN)
     # run
     seed: int = 0
     data_dir: str = "data"
@@ -45,6 +46,7 @@ class TrainConfig:
 _TUTORIAL_V1 = dict(
     arch="mlp-sigmoid", num_classes=0, latent_dim=1, noise="uniform", loss="mse", optimizer="sgd",
     lr=0.01, betas=(0.9, 0.999), batch_size=1, epochs=1, step_style="tutorial", ema_decay=0.0,
+    aux_classifier=False,
 )
 _TUTORIAL_STEPS = {
     "tutorial-v1": {},
@@ -62,7 +64,7 @@ def _build_presets() -> dict[str, dict[str, Any]]:
         settings = {**settings, **change}
         presets[name] = dict(settings)
     presets["cdcgan"] = {}  # the dataclass defaults
-    presets["dcgan"] = dict(num_classes=0)  # unconditional variant of the default
+    presets["dcgan"] = dict(num_classes=0, aux_classifier=False)  # unconditional variant of the default
     return presets
 
 

@@ -19,13 +19,14 @@ class MinibatchStdDev(nn.Module):
 class Discriminator(nn.Module):
     """Scores 1x28x28 images: real (high) or generated (low).
 
-    arch "dcgan": a small conv net returning logits; conditional on the digit through a
-      learned label map (an extra input channel), with a minibatch-stddev channel against collapse.
+    arch "dcgan": a small conv net returning logits (N x 1, or N x (1 + classes) with
+      aux_classifier); conditional on the digit through a learned label map (an extra input
+      channel), with a minibatch-stddev channel against collapse.
     arch "mlp" / "mlp-sigmoid": the tutorial's networks, returning probabilities
       (they end in Sigmoid, as the tutorial's BCE/MSE losses expect).
     """
 
-    def __init__(self, arch: str = "dcgan", num_classes: int = 10, width: int = 32) -> None:
+    def __init__(self, arch: str = "dcgan", num_classes: int = 10, width: int = 32, aux_classifier: bool = False) -> None:
         super().__init__()
         self.arch = arch
         if arch == "dcgan":
@@ -40,7 +41,10 @@ class Discriminator(nn.Module):
                 MinibatchStdDev(),  # (2w + 1) x 7 x 7
                 nn.Flatten(),
             )
-            self.score = nn.Linear((2 * width + 1) * 7 * 7, 1)
+            # With aux_classifier, columns 1.. are digit logits (AC-GAN, Odena et al., 2017): G is then
+            # also trained to make digits that D classifies as the requested one.
+            outputs = 1 + (num_classes if aux_classifier and num_classes else 0)
+            self.score = nn.Linear((2 * width + 1) * 7 * 7, outputs)
         elif arch in ("mlp", "mlp-sigmoid"):
             hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]
             self.features = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, MLP_HIDDEN), *hidden)

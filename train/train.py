@@ -18,6 +18,7 @@ from typing import Any, Optional
 import pandas as pd
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
@@ -56,7 +57,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)  # weight initialisation
         self.generator = Generator(**config.generator_kwargs()).to(self.device)
-        self.discriminator = Discriminator(config.arch, config.num_classes, config.width).to(self.device)
+        self.discriminator = Discriminator(config.arch, config.num_classes, config.width,
+                                           config.aux_classifier).to(self.device)
         self.opt_g, self.opt_d = (self._optimizer(net) for net in (self.generator, self.discriminator))
         self.loss_fn = LOSSES[config.loss]()
         self.ema: Optional[AveragedModel] = None
@@ -85,8 +87,13 @@ class Trainer:
         noise, labels = sample_latent(self.generator, count, self.noise_rng)
         return noise.to(self.device), None if labels is None else labels.to(self.device)
 
-    def _loss(self, scores: torch.Tensor, target: float) -> torch.Tensor:
-        return self.loss_fn(scores, torch.full_like(scores, target))
+    def _loss(self, scores: torch.Tensor, target: float, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The adversarial loss on column 0, plus the digit-classification loss when D has that head."""
+        adversarial = scores[:, :1]
+        loss = self.loss_fn(adversarial, torch.full_like(adversarial, target))
+        if scores.shape[1] > 1:
+            loss = loss + F.cross_entropy(scores[:, 1:], labels)
+        return loss
 
     def train_step(self, real: torch.Tensor, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of D and one of G; returns their losses (detached tensors)."""
@@ -108,12 +115,12 @@ class Trainer:
             noise, fake_labels = self._latent(len(real))
             fake = G(noise, fake_labels)
             self.opt_d.zero_grad()
-            d_loss = self._loss(D(real, labels), 1.0) + self._loss(D(fake.detach(), fake_labels), 0.0)
+            d_loss = self._loss(D(real, labels), 1.0, labels) + self._loss(D(fake.detach(), fake_labels), 0.0, fake_labels)
             d_loss.backward()
             self.opt_d.step()
             d_loss = d_loss.detach() / 2
         self.opt_g.zero_grad()
-        g_loss = self._loss(D(fake, fake_labels), 1.0)  # non-saturating: G wants D to say "real"
+        g_loss = self._loss(D(fake, fake_labels), 1.0, fake_labels)  # non-saturating: G wants D to say "real"
         g_loss.backward()
         self.opt_g.step()
         if self.ema is not None:
