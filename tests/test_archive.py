@@ -1,6 +1,5 @@
 """`make archive`: builds a real .mar, and refuses weights that would make a broken one."""
 import json
-import shutil
 import subprocess
 import sys
 import zipfile

@@ -191,8 +191,8 @@ def generate(model: Generator, count: int = SAMPLES, seed: int = 0) -> tuple[tor
     noise, labels = sample_latent(model, count, rng)
     if labels is not None:
         labels = torch.arange(count) % model.num_classes
-    images = torch.cat([model(z, None if y is None else y)
-                        for z, y in zip(noise.split(1000), labels.split(1000) if labels is not None else [None] * math.ceil(count / 1000))])
+    chunks = range(0, count, 1000)
+    images = torch.cat([model(noise[i:i + 1000], None if labels is None else labels[i:i + 1000]) for i in chunks])
     return images, labels
 
 
