@@ -137,3 +137,43 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, data_dir):
     meta = json.loads((out / "generator.json").read_text())
     assert meta["epochs"] == 6 and meta["steps"] == 6 * 64
     assert len(list((out / "samples").glob("epoch_*.png"))) == 6
+
+
+def test_interrupted_run_saves_a_mid_epoch_checkpoint_and_resumes(tmp_path, data_dir):
+    out = tmp_path / "run"
+    steps_per_epoch = 4096 // 16
+    command = [sys.executable, "-m", "train", "--preset", "cdcgan", "--limit", "4096", "--batch-size", "16",
+               "--epochs", "4", "--data-dir", str(data_dir), "--out-dir", str(out), "--threads", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        for line in iter(process.stderr.readline, ""):  # wait until training has really started
+            if "training cdcgan" in line or time.monotonic() > deadline:
+                break
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-1000:]
+    assert "RESUME=1" in stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert 0 < state["steps"] < 4 * steps_per_epoch
+    assert state["epoch"] * steps_per_epoch + state["step_in_epoch"] == state["steps"]
+    result = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "generator.json").read_text())["steps"] == 4 * steps_per_epoch
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from train.artifacts import atomic_path
+
+    target = tmp_path / "generator.json"
+    target.write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half a fi")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["generator.json"]  # no temporary leftovers
