@@ -52,6 +52,8 @@ class DigitGANHandler(BaseHandler):
                 return [parse_v2_request(data, self.model.num_classes)]
             except BadRequest as error:
                 return [error]
+        if len(data) > 1:
+            logger.info("handling a batch of %d requests", len(data))
         requests = []
         for idx, row in enumerate(data):
             try:

@@ -99,6 +99,34 @@ def test_concurrent_mixed_requests_fail_only_the_bad_ones(server):
         assert reply.status_code == (400 if body["count"] == "bad" else 200), reply.text
 
 
+@pytest.fixture(scope="module")
+def batching_server(tiny_run, tmp_path_factory):
+    """The same model with TorchServe's server-side batching on (up to 8 requests, 200 ms window)."""
+    store = tmp_path_factory.mktemp("model_store_batching")
+    config = store / "model-config.yaml"
+    config.write_text("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 200\nresponseTimeout: 30\n")
+    build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store, model_config=config)
+    config.unlink()
+    ts = TorchServe(tmp_path_factory.mktemp("torchserve_batching"), store, ports=tuple(free_ports(4)))
+    ts.start()
+    try:
+        yield ts
+    finally:
+        ts.stop()
+
+
+def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
+    bodies = [{"count": 2, "seed": i} if i % 2 else {"count": "bad", "seed": i} for i in range(8)]
+    alone = post(batching_server, {"count": 2, "seed": 3}).content
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda b: post(batching_server, b), bodies))
+    for body, reply in zip(bodies, replies):
+        assert reply.status_code == (400 if body["count"] == "bad" else 200), reply.text
+    assert replies[3].content == alone  # a batched request keeps its own seed's images
+    log = (batching_server.workdir / "logs" / "model_log.log").read_text()
+    assert "handling a batch of" in log  # TorchServe really did batch them
+
+
 def _worker_pids(server) -> list[int]:
     """PIDs of this server's Python workers (they listen on /tmp/.ts.sock.<worker port>)."""
     marker = f".ts.sock.{server.ports[3]}".encode()
