@@ -58,7 +58,8 @@ def bare_forward(run_dir: Path, seconds: float) -> float:
     return rate(step, seconds)
 
 
-def in_process(run_dir: Path, seconds: float) -> float:
+def in_process(run_dir: Path, seconds: float) -> tuple[float, float]:
+    """The handler's images/s at count=64, and its p50 latency (ms) for one count=1 request."""
     with tempfile.TemporaryDirectory() as tmp:
         local = LocalHandler(model_dir_from(run_dir, Path(tmp)))
 
@@ -67,7 +68,12 @@ def in_process(run_dir: Path, seconds: float) -> float:
             assert local.context.get_response_status(0)[0] == 200 and len(out[0]) > 100_000
             return 64
 
-        return rate(step, seconds)
+        latencies = []
+        for _ in range(300):
+            started = time.perf_counter()
+            local.handle_raw([{"body": {"count": 1}}], [JSON])
+            latencies.append(time.perf_counter() - started)
+        return rate(step, seconds), 1000 * percentile(latencies, 50)
 
 
 def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int]) -> dict:
@@ -107,15 +113,20 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
                 p99_ms=1000 * percentile(latencies, 99) if latencies else float("nan"))
 
 
-def sequential_latency(server: TorchServe, n: int) -> tuple[float, float]:
+def sequential_latency(server: TorchServe, n: int, url: str = "", warmup: int = 1500) -> tuple[float, float]:
+    """p50/p99 ms of sequential count=1 POSTs (or GETs of `url`), after `warmup` requests for the JVM's JIT."""
     session, headers = requests.Session(), {**server.headers(), "Content-Type": JSON}
     body = json.dumps({"count": 1})
-    for _ in range(20):
-        session.post(server.predict_url, data=body, headers=headers)
+
+    def call() -> requests.Response:
+        return session.get(url, headers=headers) if url else session.post(server.predict_url, data=body, headers=headers)
+
+    for _ in range(warmup):
+        call()
     latencies = []
     for _ in range(n):
         started = time.perf_counter()
-        reply = session.post(server.predict_url, data=body, headers=headers)
+        reply = call()
         latencies.append(time.perf_counter() - started)
         assert reply.status_code == 200
     return 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99)
@@ -140,7 +151,7 @@ def main() -> None:
 
     lines, results = [], {}
     bare = bare_forward(args.run_dir, args.seconds)
-    handler = in_process(args.run_dir, args.seconds)
+    handler, handler_p50 = in_process(args.run_dir, args.seconds)
     print(f"bare forward {bare:.0f} img/s, handler {handler:.0f} img/s", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         store = build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", Path(tmp) / "store").parent
@@ -148,6 +159,7 @@ def main() -> None:
         server.start()
         try:
             p50, p99 = sequential_latency(server, 300)
+            ping_p50, _ = sequential_latency(server, 300, url=f"{server.inference_url}/ping")
             for n_clients in (1, 4, 16):
                 for count in (1, 64):
                     results[(2, n_clients, count)] = clients(server, n_clients, args.seconds, [count])
@@ -174,7 +186,9 @@ def main() -> None:
         f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
         f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | handler ÷ bare = {handler / bare:.2f} |",
         f"| served, 4 clients, count=64, 2 workers | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
-        f"| served latency, sequential count=1 | p50 {p50:.2f} ms, p99 {p99:.2f} ms | |",
+        f"| served latency, sequential count=1 (after 1,500 warm-up requests) | p50 {p50:.2f} ms, p99 {p99:.2f} ms | |",
+        f"| of which: the handler in-process, count=1 | p50 {handler_p50:.2f} ms | |",
+        f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {ping_p50:.2f} ms | |",
         "", "| workers | clients | count | images/s | requests/s | p50 ms | p99 ms | failed |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (workers, n_clients, count), r in sorted(results.items()):
