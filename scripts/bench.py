@@ -155,9 +155,7 @@ def main() -> None:
     print(f"bare forward {bare:.0f} img/s, handler {handler:.0f} img/s", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         store = build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", Path(tmp) / "store").parent
-        server = TorchServe(Path(tmp) / "ts", store, ports=tuple(free_ports(4)))
-        server.start()
-        try:
+        with TorchServe(Path(tmp) / "ts", store, ports=tuple(free_ports(4))) as server:
             p50, p99 = sequential_latency(server, 300)
             ping_p50, _ = sequential_latency(server, 300, url=f"{server.inference_url}/ping")
             for n_clients in (1, 4, 16):
@@ -166,20 +164,14 @@ def main() -> None:
             load = clients(server, 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
             scale_workers(server, 1)
             results[(1, 4, 64)] = clients(server, 4, args.seconds, [64])
-        finally:
-            server.stop()
         # The same with TorchServe's server-side batching (up to 8 requests per handler call).
         batching_config = Path(tmp) / "model-config.yaml"
         batching_config.write_text(BATCHING_CONFIG)
         store_b = Path(tmp) / "store-batching"
         build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", store_b, model_config=batching_config)
-        server = TorchServe(Path(tmp) / "ts-batching", store_b, ports=tuple(free_ports(4)))
-        server.start()
-        try:
-            batched_p50, batched_p99 = sequential_latency(server, 300)
+        with TorchServe(Path(tmp) / "ts-batching", store_b, ports=tuple(free_ports(4))) as server:
+            batched_p50, batched_p99 = sequential_latency(server, 300, warmup=300)
             batched = {count: clients(server, 16, args.seconds, [count]) for count in (1, 64)}
-        finally:
-            server.stop()
     served = results[(2, 4, 64)]["images_per_s"]
     lines += [
         "| measurement | result | ratio |", "|---|---:|---:|",

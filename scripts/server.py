@@ -42,8 +42,9 @@ def render_config(template: Path, ports: tuple[int, ...], model_store: Path,
                   overrides: Optional[dict[str, str]] = None) -> str:
     """The shipped config.properties with its ports, model store and `overrides` replaced."""
     values = {key: f"http://127.0.0.1:{port}" for key, port in zip(ADDRESS_KEYS, ports)}
-    if len(ports) > 3:  # workers listen on /tmp/.ts.sock.<port>: two servers must not share ports
+    if len(ports) > 3:  # a second server: its workers (/tmp/.ts.sock.<port>) and gRPC need ports of their own
         values["initial_worker_port"] = str(ports[3])
+        values["grpc_inference_port"], values["grpc_management_port"] = map(str, free_ports(2))
     values["model_store"] = str(model_store.resolve())
     values.update(overrides or {})
     lines, seen = [], set()
@@ -132,14 +133,24 @@ class TorchServe:
             raise RuntimeError(f"torchserve --start failed; see {self.workdir / 'torchserve.out'}")
         self.wait_ready(timeout)
 
+    def probe(self) -> requests.Response:
+        """The real request that says the model answers (a subclass may send another kind)."""
+        return requests.post(self.predict_url, json={"count": 1, "seed": 0}, headers=self.headers(), timeout=10)
+
+    def __enter__(self) -> "TorchServe":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def wait_ready(self, timeout: float = 180) -> None:
         deadline, last = time.monotonic() + timeout, "no answer yet"
         while time.monotonic() < deadline:
             if self.pid() is None and time.monotonic() > deadline - timeout + 5:
                 raise RuntimeError(f"TorchServe exited during start-up; see {self.workdir / 'logs'}")
             try:
-                reply = requests.post(self.predict_url, json={"count": 1, "seed": 0},
-                                      headers=self.headers(), timeout=10)
+                reply = self.probe()
                 if reply.status_code == 200:
                     return
                 last = f"{reply.status_code} {reply.text[:200]}"

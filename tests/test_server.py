@@ -20,13 +20,9 @@ pytestmark = pytest.mark.integration
 def server(tiny_run, tmp_path_factory):
     store = tmp_path_factory.mktemp("model_store")
     build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
-    ts = TorchServe(tmp_path_factory.mktemp("torchserve"), store, ports=tuple(free_ports(4)))
-    ts.start()
-    try:
+    with TorchServe(tmp_path_factory.mktemp("torchserve"), store, ports=tuple(free_ports(4))) as ts:
         yield ts
-    finally:
-        ts.stop()
-        assert ts.pid() is None
+    assert ts.pid() is None  # stopped, even when a test failed
 
 
 def post(server, body=None, raw=None, content_type=JSON, headers=None, path=None):
@@ -107,12 +103,8 @@ def batching_server(tiny_run, tmp_path_factory):
     config.write_text("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 200\nresponseTimeout: 30\n")
     build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store, model_config=config)
     config.unlink()
-    ts = TorchServe(tmp_path_factory.mktemp("torchserve_batching"), store, ports=tuple(free_ports(4)))
-    ts.start()
-    try:
+    with TorchServe(tmp_path_factory.mktemp("torchserve_batching"), store, ports=tuple(free_ports(4))) as ts:
         yield ts
-    finally:
-        ts.stop()
 
 
 def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
