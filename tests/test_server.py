@@ -154,3 +154,31 @@ def test_killed_worker_is_replaced_and_serving_resumes(server, record_property):
     assert recovery < 120
     assert set(_worker_pids(server)).isdisjoint(pids)
     assert_good(server)
+
+
+def _listening_addresses(pid: int) -> list[str]:
+    """IP addresses of the TCP sockets that process `pid` listens on (from /proc: no tools needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    addresses = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                raw = bytes.fromhex(fields[1].split(":")[0])
+                # /proc prints each 32-bit word little-endian; the last word of a v4-mapped v6 address is the IPv4 one.
+                addresses.append(".".join(str(b) for b in raw[-4:][::-1]) if width == 8 or raw[:12] in
+                                 (bytes(10) + b"\xff\xff", bytes(8) + b"\xff\xff\x00\x00") else raw.hex())
+    return addresses
+
+
+def test_every_port_the_server_opens_is_on_loopback(server):
+    addresses = _listening_addresses(server.pid())
+    assert len(addresses) >= 5  # inference, management, metrics, gRPC inference and management
+    assert all(address == "127.0.0.1" for address in addresses), addresses
