@@ -17,8 +17,8 @@ import torch
 
 from train import artifacts
 from train.config import ABLATION_STEPS, PRESETS, make_config
-from train.data import MnistMissing, load_mnist
-from train.evaluate import Evaluator, generate, load_or_train_classifier
+from train.data import MnistMissing
+from train.evaluate import cached_evaluator, generate
 from train.train import run
 
 CHANGES = {
@@ -55,12 +55,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     root = args.artifacts / "presets"
     try:
         train_steps(args.data_dir, root)
-        test_images, test_labels = load_mnist(args.data_dir, train=False)
+        torch.set_num_threads(2)
+        evaluator, _ = cached_evaluator(args.artifacts, args.data_dir)
     except MnistMissing as error:
         raise SystemExit(f"error: {error}")
-    torch.set_num_threads(2)
-    classifier, _ = load_or_train_classifier(args.artifacts / "classifier.pt", args.data_dir)
-    evaluator = Evaluator(classifier, test_images, test_labels)
     real_mean = sum(evaluator.real_pairwise) / 10
     lines = [f"| step | what changed | FID ↓ | Inception Score ↑ | KL to uniform ↓ | pairwise distance (real ≈ {real_mean:.2f}): mean / worst digit | training time | samples |",
              "|---|---|---:|---:|---:|---:|---:|---|"]

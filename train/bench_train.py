@@ -19,7 +19,7 @@ import torch
 from train import artifacts
 from train.config import make_config
 from train.data import MnistMissing, load_mnist
-from train.evaluate import Evaluator, generate, load_or_train_classifier
+from train.evaluate import cached_evaluator, generate
 from train.train import Trainer
 
 
@@ -49,13 +49,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         tutorial_model, tutorial_meta = artifacts.load_generator(baseline / "generator.pt", baseline / "generator.json")
         images, labels = load_mnist(args.data_dir, train=True)
-        test_images, test_labels = load_mnist(args.data_dir, train=False)
+        evaluator, _ = cached_evaluator(args.artifacts, args.data_dir)
     except ValueError as error:
         raise SystemExit(f"bench-train needs the tutorial baseline: {error} (run `make baseline`)")
     except MnistMissing as error:
         raise SystemExit(f"error: {error}")
-    classifier, _ = load_or_train_classifier(args.artifacts / "classifier.pt", args.data_dir)
-    evaluator = Evaluator(classifier, test_images, test_labels)
     torch.set_num_threads(2)
     target = evaluator.row("tutorial", *generate(tutorial_model)).fid
 

@@ -10,6 +10,7 @@ Calibration rows (real training images, shifted by one pixel, blurred) say what 
 FID means on this feature space.
 """
 import argparse
+import json
 import math
 import sys
 import time
@@ -82,8 +83,6 @@ def load_or_train_classifier(path: Path, data_dir: str | Path) -> tuple[MnistCla
     """The cached classifier at `path` (with its test accuracy in a .json beside it), trained if absent."""
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
-        import json
-
         model = MnistClassifier()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval(), json.loads(meta_path.read_text())["test_accuracy"]
@@ -184,6 +183,14 @@ class Evaluator:
         return row
 
 
+def cached_evaluator(artifacts_dir: Path, data_dir: str | Path) -> tuple[Evaluator, float]:
+    """An Evaluator on the cached classifier (trained on first use) and the 10,000 test images,
+    and that classifier's test accuracy. Raises MnistMissing without the data."""
+    classifier, test_accuracy = load_or_train_classifier(Path(artifacts_dir) / "classifier.pt", data_dir)
+    test_images, test_labels = load_mnist(data_dir, train=False)
+    return Evaluator(classifier, test_images, test_labels), test_accuracy
+
+
 @torch.inference_mode()
 def generate(model: Generator, count: int = SAMPLES, seed: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """`count` samples; a conditional model gets each digit count/10 times (the requested labels are returned)."""
@@ -264,13 +271,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     torch.set_num_threads(args.threads)
     out: Path = args.out_dir
     try:
-        classifier, test_accuracy = load_or_train_classifier(out / "classifier.pt", args.data_dir)
+        evaluator, test_accuracy = cached_evaluator(out, args.data_dir)
         train_images, _ = load_mnist(args.data_dir, train=True)
-        test_images, test_labels = load_mnist(args.data_dir, train=False)
     except MnistMissing as error:
         raise SystemExit(f"error: {error}")
     print(f"classifier test accuracy: {test_accuracy:.4f}", file=sys.stderr)
-    evaluator = Evaluator(classifier, test_images, test_labels)
     real = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:SAMPLES]]
     rows = [evaluator.row("real training images (floor)", real),
             evaluator.row("real, shifted one pixel", shift_one_pixel(real)),
@@ -295,7 +300,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     table = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
               f"Feature space: an MNIST classifier trained on the training split, test accuracy {test_accuracy:.2%}. "
-              f"{SAMPLES:,} samples per row against the {len(test_images):,} test images.", "", table, "",
+              f"{SAMPLES:,} samples per row against the 10,000 test images.", "", table, "",
               "## Per digit", "", per_digit_table(rows, evaluator.real_pairwise), ""]
     if default is not None:
         report += ["## Targets (default model)", ""]
