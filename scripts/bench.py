@@ -4,36 +4,82 @@
 
 1. the bare generator forward pass at batch 64 (images/s: this machine's limit for the model)
 2. the handler in-process (initialize once, handle a count=64 request in a loop)
-3. served latency p50/p99 of sequential count=1 requests over loopback HTTP
-4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 2 workers
-5. served throughput with 1 and 2 workers (4 clients, count=64): the per-worker figure for capacity planning
-6. a load run: 16 clients for --load-seconds with mixed counts; failures and p50/p99
+3. served latency p50/p99 of sequential count=1 requests over loopback HTTP, with where the time goes:
+   TorchServe alone (`GET /ping`), TorchServe's round trip to a worker whose handler does nothing
+4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 1 and 2 workers
+5. a load run: 16 clients for --load-seconds with mixed counts; failures and p50/p99
+6. TorchServe's server-side batching against none
 """
 import argparse
+import http.client
 import json
 import random
+import re
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
 import requests
 import torch
 
-from scripts.archive import build_archive
+from scripts.archive import HANDLER_DIR, build_archive
 from scripts.local_handler import LocalHandler, model_dir_from
-from scripts.server import TorchServe, free_ports
+from scripts.server import MODEL_NAME, TorchServe, free_ports
 from train.artifacts import load_generator
 
 JSON = "application/json"
-BATCHING_CONFIG = "minWorkers: 2\nmaxWorkers: 2\nbatchSize: 8\nmaxBatchDelay: 1\nresponseTimeout: 30\n"
+SHIPPED_CONFIG = HANDLER_DIR / "model-config.yaml"
+# A handler that does nothing (as quiet as ours): what is left is TorchServe's own round trip.
+EMPTY_HANDLER = """from mnist_gan_handler import set_request_logs
+
+set_request_logs(False)
 
 
-def rate(fn: Callable[[], int], seconds: float) -> float:
-    """Items per second of `fn` (which returns how many items it made), after one warm-up call."""
-    fn()
+def handle(data, context):
+    return None if data is None else [b"{}" for _ in data]
+"""
+
+
+def model_config(**changes: object) -> str:
+    """The shipped model-config.yaml with top-level `changes` (e.g. minWorkers=1)."""
+    lines = SHIPPED_CONFIG.read_text().splitlines()
+    for key, value in changes.items():
+        lines = [f"{key}: {value}" if line.startswith(f"{key}:") else line for line in lines]
+    return "\n".join(lines) + "\n"
+
+
+def archive_with(run_dir: Path, tmp: Path, name: str, config: str) -> Path:
+    """A model store holding the trained generator archived with `config` as its model-config.yaml."""
+    config_file = tmp / f"{name}.yaml"
+    config_file.write_text(config)
+    store = tmp / name
+    build_archive(run_dir / "generator.pt", run_dir / "generator.json", store, model_config=config_file)
+    return store
+
+
+def empty_handler_store(tmp: Path) -> Path:
+    handler = tmp / "empty_handler.py"
+    handler.write_text(EMPTY_HANDLER)
+    store = tmp / "store-empty"
+    store.mkdir()
+    extra = ",".join(str(HANDLER_DIR / name) for name in ("mnist_gan_handler.py", "generator.py", "request_contract.py"))
+    subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", MODEL_NAME,
+                    "--version", "1.0", "--handler", str(handler), "--extra-files", extra,
+                    "--config-file", str(SHIPPED_CONFIG), "--export-path", str(store)], check=True)
+    return store
+
+
+def rate(fn: Callable[[], int], seconds: float, warmup: float = 2.0) -> float:
+    """Items per second of `fn` (which returns how many items it made), after `warmup` seconds of calls
+    (oneDNN's first calls at a new shape run up to twice as slow: measured)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < warmup:
+        fn()
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         done += fn()
@@ -69,11 +115,11 @@ def in_process(run_dir: Path, seconds: float) -> tuple[float, float]:
             return 64
 
         latencies = []
-        for _ in range(300):
+        for _ in range(1300):  # the first 300 warm up
             started = time.perf_counter()
             local.handle_raw([{"body": {"count": 1}}], [JSON])
             latencies.append(time.perf_counter() - started)
-        return rate(step, seconds), 1000 * percentile(latencies, 50)
+        return rate(step, seconds), 1000 * percentile(latencies[300:], 50)
 
 
 def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int]) -> dict:
@@ -113,31 +159,38 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
                 p99_ms=1000 * percentile(latencies, 99) if latencies else float("nan"))
 
 
-def sequential_latency(server: TorchServe, n: int, url: str = "", warmup: int = 1500) -> tuple[float, float]:
-    """p50/p99 ms of sequential count=1 POSTs (or GETs of `url`), after `warmup` requests for the JVM's JIT."""
-    session, headers = requests.Session(), {**server.headers(), "Content-Type": JSON}
-    body = json.dumps({"count": 1})
+def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int = 8, block: int = 250,
+                        warmup: int = 1500) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms per server of sequential requests, the servers taking turns in blocks.
 
-    def call() -> requests.Response:
-        return session.get(url, headers=headers) if url else session.post(server.predict_url, data=body, headers=headers)
+    This machine's speed drifts by tens of percent over minutes (other tenants on the host);
+    taking turns exposes every server to the same drift, so their differences are real.
+    """
+    calls, samples = {}, {name: [] for name in servers}
+    for name, (server, path) in servers.items():
+        connection = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=30)
+        headers = {**server.headers(), "Content-Type": JSON}
 
-    for _ in range(warmup):
-        call()
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        reply = call()
-        latencies.append(time.perf_counter() - started)
-        assert reply.status_code == 200
-    return 1000 * percentile(latencies, 50), 1000 * percentile(latencies, 99)
+        def call(connection=connection, headers=headers, path=path) -> int:
+            if path:
+                connection.request("GET", path, headers=headers)
+            else:  # one keep-alive connection: `requests` would add ~1 ms of client time per call here
+                connection.request("POST", f"/predictions/{MODEL_NAME}", body=b'{"count": 1}', headers=headers)
+            reply = connection.getresponse()
+            reply.read()
+            return reply.status
 
-
-def scale_workers(server: TorchServe, workers: int) -> None:
-    reply = requests.put(f"{server.management_url}/models/mnist_gan",
-                         params=dict(min_worker=workers, max_worker=workers, synchronous="true"),
-                         headers=server.headers("management"), timeout=120)
-    reply.raise_for_status()
-    time.sleep(1)
+        calls[name] = call
+        for _ in range(warmup):  # the JVM's JIT compiles the request path
+            call()
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(block):
+                started = time.perf_counter()
+                status = call()
+                samples[name].append(time.perf_counter() - started)
+                assert status == 200, (name, status)
+    return {name: (1000 * percentile(values, 50), 1000 * percentile(values, 99)) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -148,53 +201,59 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)
+    shipped = int(re.search(r"^minWorkers: *(\d+)", SHIPPED_CONFIG.read_text(), re.M).group(1))
+    other = 3 - shipped  # 1 or 2 workers on 2 cores
 
-    lines, results = [], {}
     bare = bare_forward(args.run_dir, args.seconds)
     handler, handler_p50 = in_process(args.run_dir, args.seconds)
     print(f"bare forward {bare:.0f} img/s, handler {handler:.0f} img/s", file=sys.stderr)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", Path(tmp) / "store").parent
-        with TorchServe(Path(tmp) / "ts", store, ports=tuple(free_ports(4))) as server:
-            p50, p99 = sequential_latency(server, 300)
-            ping_p50, _ = sequential_latency(server, 300, url=f"{server.inference_url}/ping")
-            for n_clients in (1, 4, 16):
-                for count in (1, 64):
-                    results[(2, n_clients, count)] = clients(server, n_clients, args.seconds, [count])
-            load = clients(server, 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
-            scale_workers(server, 1)
-            results[(1, 4, 64)] = clients(server, 4, args.seconds, [64])
-        # The same with TorchServe's server-side batching (up to 8 requests per handler call).
-        batching_config = Path(tmp) / "model-config.yaml"
-        batching_config.write_text(BATCHING_CONFIG)
-        store_b = Path(tmp) / "store-batching"
-        build_archive(args.run_dir / "generator.pt", args.run_dir / "generator.json", store_b, model_config=batching_config)
-        with TorchServe(Path(tmp) / "ts-batching", store_b, ports=tuple(free_ports(4))) as server:
-            batched_p50, batched_p99 = sequential_latency(server, 300, warmup=300)
-            batched = {count: clients(server, 16, args.seconds, [count]) for count in (1, 64)}
-    served = results[(2, 4, 64)]["images_per_s"]
-    lines += [
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        stores = {n: archive_with(args.run_dir, tmp, f"store-{n}w", model_config(minWorkers=n, maxWorkers=n))
+                  for n in (shipped, other)}
+        stores["batching"] = archive_with(args.run_dir, tmp, "store-batching", model_config(batchSize=8, maxBatchDelay=1))
+        stores["empty"] = empty_handler_store(tmp)
+        # All up at once, so the latency turns see the same machine; an idle server costs no CPU, and
+        # the warm-up requests leave every JVM compiled for the throughput runs that follow.
+        with ExitStack() as running:
+            up = {name: running.enter_context(TorchServe(tmp / f"ts-{name}", store, ports=tuple(free_ports(4))))
+                  for name, store in stores.items()}
+            latency = interleaved_latency({"shipped": (up[shipped], ""), "other": (up[other], ""),
+                                           "batching": (up["batching"], ""), "empty": (up["empty"], ""),
+                                           "ping": (up["empty"], "/ping")})
+            for n in (shipped, other):
+                for n_clients in (1, 4, 16):
+                    for count in (1, 64):
+                        results[(n, n_clients, count)] = clients(up[n], n_clients, args.seconds, [count])
+            load = clients(up[shipped], 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
+            batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
+
+    served = results[(shipped, 4, 64)]["images_per_s"]
+    p50, p99 = latency["shipped"]
+    lines = [
         "| measurement | result | ratio |", "|---|---:|---:|",
         f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
         f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | handler ÷ bare = {handler / bare:.2f} |",
-        f"| served, 4 clients, count=64, 2 workers | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
-        f"| served latency, sequential count=1 (after 1,500 warm-up requests) | p50 {p50:.2f} ms, p99 {p99:.2f} ms | |",
-        f"| of which: the handler in-process, count=1 | p50 {handler_p50:.2f} ms | |",
-        f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {ping_p50:.2f} ms | |",
+        f"| served, 4 clients, count=64, {shipped} worker{'s' * (shipped > 1)} (shipped) | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
+        f"| served latency, sequential count=1, {shipped} worker{'s' * (shipped > 1)} (shipped) | p50 {p50:.2f} ms, p99 {p99:.2f} ms | |",
+        f"| the same with {other} worker{'s' * (other > 1)} | p50 {latency['other'][0]:.2f} ms, p99 {latency['other'][1]:.2f} ms | |",
+        f"| of which: TorchServe with a handler that does nothing | p50 {latency['empty'][0]:.2f} ms | |",
+        f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'][0]:.2f} ms | |",
+        f"| the handler in-process, count=1 (hot loop) | p50 {handler_p50:.2f} ms | |",
         "", "| workers | clients | count | images/s | requests/s | p50 ms | p99 ms | failed |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (workers, n_clients, count), r in sorted(results.items()):
         lines.append(f"| {workers} | {n_clients} | {count} | {r['images_per_s']:,.0f} | {r['requests'] / args.seconds:,.0f} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {len(r['failures'])} |")
-    lines += ["", f"Server-side batching (batchSize 8, maxBatchDelay 1 ms, 2 workers): sequential count=1 p50 "
-              f"{batched_p50:.2f} ms, p99 {batched_p99:.2f} ms; 16 clients count=1: {batched[1]['images_per_s']:,.0f} "
-              f"images/s (without batching {results[(2, 16, 1)]['images_per_s']:,.0f}); 16 clients count=64: "
-              f"{batched[64]['images_per_s']:,.0f} images/s (without {results[(2, 16, 64)]['images_per_s']:,.0f})."]
+    lines += ["", f"Server-side batching (batchSize 8, maxBatchDelay 1 ms, {shipped} worker{'s' * (shipped > 1)}): "
+              f"sequential count=1 p50 {latency['batching'][0]:.2f} ms, p99 {latency['batching'][1]:.2f} ms; "
+              f"16 clients count=1: {batched[1]['images_per_s']:,.0f} images/s (without batching "
+              f"{results[(shipped, 16, 1)]['images_per_s']:,.0f}); 16 clients count=64: "
+              f"{batched[64]['images_per_s']:,.0f} images/s (without {results[(shipped, 16, 64)]['images_per_s']:,.0f})."]
     lines += ["", f"Load: 16 clients for {args.load_seconds:.0f} s, counts drawn from 1, 1, 4, 16, 64, 256: "
               f"{load['requests']:,} requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, "
               f"p99 {load['p99_ms']:.1f} ms, {load['images_per_s']:,.0f} images/s."]
-    one, two = results[(1, 4, 64)]["images_per_s"], served
-    lines += [f"Scaling: 1 worker {one:,.0f} images/s, 2 workers {two:,.0f} images/s (×{two / one:.2f}) on 2 cores."]
     report = "\n".join(lines)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ CONFIG = {
     "grpc_management_address": "127.0.0.1",
     "enable_metrics_api": "true",
     "metrics_format": "prometheus",
+    "metrics_mode": "prometheus",
     "enable_envvars_config": "true",
     "service_envelope": "kservev2",
     "disable_token_authorization": "true",

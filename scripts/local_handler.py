@@ -23,26 +23,27 @@ def model_dir_from(run_dir: Path, target: Path) -> Path:
     return target
 
 
-def make_context(model_dir: Path, batch_size: int = 8) -> Context:
+def make_context(model_dir: Path, batch_size: int = 8, model_yaml_config: Optional[dict] = None) -> Context:
     import ts
 
     metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
     metrics.initialize_cache()
+    metrics.model_name = "mnist_gan"  # as TorchServe's worker sets it
     manifest = {"model": {"modelName": "mnist_gan", "serializedFile": "generator.pt",
                           "modelFile": "generator.py", "handler": "mnist_gan_handler.py"}}
     return Context("mnist_gan", str(model_dir), manifest, batch_size, None, "0.12.0", metrics=metrics,
-                   model_yaml_config={})
+                   model_yaml_config=model_yaml_config or {})
 
 
 class LocalHandler:
     """initialize() once, then handle() batches of rows plus their per-request headers."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, model_yaml_config: Optional[dict] = None) -> None:
         if str(model_dir) not in sys.path:
             sys.path.insert(0, str(model_dir))  # TorchServe puts the model dir on the path too
         from mnist_gan_handler import DigitGANHandler
 
-        self.context = make_context(model_dir)
+        self.context = make_context(model_dir, model_yaml_config=model_yaml_config)
         self.handler = DigitGANHandler()
         self.handler.initialize(self.context)
 
@@ -50,6 +51,7 @@ class LocalHandler:
         self.context.request_processor = [RequestProcessor({"body": {"content-type": ct}} if ct else {})
                                           for ct in content_types]
         self.context.request_ids = {i: f"req-{i}" for i in range(len(rows))}
+        self.context.metrics.request_ids = self.context.request_ids  # as TorchServe's service.predict does
         return self.handler.handle(rows, self.context)
 
     def batch(self, rows: list[dict], content_types: list[Optional[str]]) -> list[tuple[int, dict]]:

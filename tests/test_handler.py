@@ -1,11 +1,15 @@
 """The handler in-process, called as TorchServe's worker calls it (no server)."""
 import ast
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cases import BAD_REQUESTS, GOOD_REQUESTS, JSON, worker_decode
+from mnist_gan_handler import ONEDNN_MIN_COUNT, set_request_logs
+from scripts.local_handler import LocalHandler, model_dir_from
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 
@@ -93,3 +97,40 @@ def test_torchserve_loadable_files_define_exactly_one_class(filename):
     # BaseHandler and TorchServe's model loader refuse a model file or handler with more than one class.
     tree = ast.parse((HANDLER_DIR / filename).read_text())
     assert len([node for node in tree.body if isinstance(node, ast.ClassDef)]) == 1
+
+
+@pytest.mark.parametrize("count", [1, ONEDNN_MIN_COUNT - 1, ONEDNN_MIN_COUNT, 32])
+def test_images_are_the_generators_on_both_kernel_paths(handler_client, count):
+    # Below ONEDNN_MIN_COUNT images the handler runs PyTorch's native kernels, from it up oneDNN:
+    # either way the images are the generator's own (to the contract's 4 decimals), and repeatable.
+    from generator import sample_latent
+
+    model = handler_client.handler.model
+    noise, labels = sample_latent(model, count, torch.Generator().manual_seed(77))
+    with torch.inference_mode():
+        expected = model(noise, labels)[:, 0].numpy()
+    first = images_of(handler_client.post({"count": count, "seed": 77})[1])
+    assert np.abs(first - expected).max() <= 5e-5 + 1e-6  # rounding to 4 decimals, plus kernel differences
+    assert np.array_equal(first, images_of(handler_client.post({"count": count, "seed": 77})[1]))
+
+
+def _per_request_records(client, caplog) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        client.post({"count": 1, "seed": 1})
+        logging.info("Backend received inference at: %d", 0)  # what TorchServe's worker logs per request
+    return [r.getMessage() for r in caplog.records
+            if "HandlerTime" in r.getMessage() or r.getMessage().startswith("Backend received inference")]
+
+
+def test_per_request_worker_logs_follow_the_model_config(handler_client, tiny_run, tmp_path, caplog):
+    try:
+        verbose = LocalHandler(model_dir_from(tiny_run, tmp_path), {"handler": {"request_logs": True}})
+        lines = _per_request_records(verbose, caplog)
+        assert any("HandlerTime" in line for line in lines) and any("Backend" in line for line in lines)
+        quiet = LocalHandler(model_dir_from(tiny_run, tmp_path / "quiet"))  # the default: off
+        assert _per_request_records(quiet, caplog) == []
+        logging.warning("other lines still pass")
+        assert "other lines still pass" in caplog.text
+    finally:
+        set_request_logs(False)

@@ -100,7 +100,8 @@ def batching_server(tiny_run, tmp_path_factory):
     """The same model with TorchServe's server-side batching on (up to 8 requests, 200 ms window)."""
     store = tmp_path_factory.mktemp("model_store_batching")
     config = store / "model-config.yaml"
-    config.write_text("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 200\nresponseTimeout: 30\n")
+    config.write_text("minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\nmaxBatchDelay: 200\nresponseTimeout: 30\n"
+                      "handler:\n  request_logs: true\n")
     build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store, model_config=config)
     config.unlink()
     with TorchServe(tmp_path_factory.mktemp("torchserve_batching"), store, ports=tuple(free_ports(4))) as ts:
@@ -117,6 +118,27 @@ def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
     assert replies[3].content == alone  # a batched request keeps its own seed's images
     log = (batching_server.workdir / "logs" / "model_log.log").read_text()
     assert "handling a batch of" in log  # TorchServe really did batch them
+
+
+def _prometheus_metrics(server) -> str:
+    reply = requests.get(f"{server.metrics_url}/metrics", timeout=10)
+    assert reply.status_code == 200, reply.text
+    return reply.text
+
+
+def test_per_request_worker_logs_are_off_unless_the_model_config_turns_them_on(server, batching_server):
+    assert_good(server)
+    assert_good(batching_server)
+    quiet, verbose = server.workdir / "logs", batching_server.workdir / "logs"
+    assert "loaded " in (quiet / "model_log.log").read_text()  # the worker's other lines still arrive
+    assert "Backend received inference" not in (quiet / "model_log.log").read_text()
+    assert "POST /predictions/mnist_gan" in (quiet / "access_log.log").read_text()  # the frontend still logs
+    metrics = _prometheus_metrics(server)  # metrics_mode=prometheus: the frontend's own metrics, in memory
+    assert "ts_inference_requests_total{" in metrics and "ts_inference_latency_microseconds{" in metrics
+    assert "HandlerTime{" not in metrics and "PredictionTime{" not in metrics
+    # handler: {request_logs: true} in model-config.yaml brings TorchServe's per-request lines back
+    assert "Backend received inference" in (verbose / "model_log.log").read_text()
+    assert "HandlerTime{" in _prometheus_metrics(batching_server)
 
 
 def _worker_pids(server) -> list[int]:
