@@ -86,6 +86,18 @@ def rate(fn: Callable[[], int], seconds: float, warmup: float = 2.0) -> float:
     return done / (time.perf_counter() - started)
 
 
+def host_speed_ms() -> float:
+    """Median ms of a fixed pure-Python loop: this VM's CPU speed right now. Other tenants on the
+    host change it by up to 1.6x within minutes (measured 3.9 to 6.5 ms), and latency with it."""
+    def loop() -> float:
+        started, total = time.perf_counter(), 0
+        for i in range(100_000):
+            total += i
+        return time.perf_counter() - started
+
+    return 1000 * percentile([loop() for _ in range(20)], 50)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
@@ -160,13 +172,14 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
 
 
 def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int = 8, block: int = 250,
-                        warmup: int = 1500) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms per server of sequential requests, the servers taking turns in blocks.
+                        warmup: int = 1500) -> dict[str, tuple[float, float, float, float]]:
+    """p50, p99, and the lowest and highest per-round p50 (ms) per server of sequential requests,
+    the servers taking turns in blocks.
 
     This machine's speed drifts by tens of percent over minutes (other tenants on the host);
     taking turns exposes every server to the same drift, so their differences are real.
     """
-    calls, samples = {}, {name: [] for name in servers}
+    calls, samples, rounds_p50 = {}, {name: [] for name in servers}, {name: [] for name in servers}
     for name, (server, path) in servers.items():
         connection = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=30)
         headers = {**server.headers(), "Content-Type": JSON}
@@ -185,12 +198,17 @@ def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int 
             call()
     for _ in range(rounds):
         for name, call in calls.items():
+            this_round = []
             for _ in range(block):
                 started = time.perf_counter()
                 status = call()
-                samples[name].append(time.perf_counter() - started)
+                this_round.append(time.perf_counter() - started)
                 assert status == 200, (name, status)
-    return {name: (1000 * percentile(values, 50), 1000 * percentile(values, 99)) for name, values in samples.items()}
+            samples[name] += this_round
+            rounds_p50[name].append(percentile(this_round, 50))
+    return {name: tuple(1000 * v for v in (percentile(values, 50), percentile(values, 99),
+                                           min(rounds_p50[name]), max(rounds_p50[name])))
+            for name, values in samples.items()}
 
 
 def main() -> None:
@@ -204,6 +222,7 @@ def main() -> None:
     shipped = int(re.search(r"^minWorkers: *(\d+)", SHIPPED_CONFIG.read_text(), re.M).group(1))
     other = 3 - shipped  # 1 or 2 workers on 2 cores
 
+    speed_before = host_speed_ms()
     bare = bare_forward(args.run_dir, args.seconds)
     handler, handler_p50 = in_process(args.run_dir, args.seconds)
     print(f"bare forward {bare:.0f} img/s, handler {handler:.0f} img/s", file=sys.stderr)
@@ -222,6 +241,7 @@ def main() -> None:
             latency = interleaved_latency({"shipped": (up[shipped], ""), "other": (up[other], ""),
                                            "batching": (up["batching"], ""), "empty": (up["empty"], ""),
                                            "ping": (up["empty"], "/ping")})
+            speed_after = host_speed_ms()
             for n in (shipped, other):
                 for n_clients in (1, 4, 16):
                     for count in (1, 64):
@@ -230,14 +250,16 @@ def main() -> None:
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
 
     served = results[(shipped, 4, 64)]["images_per_s"]
-    p50, p99 = latency["shipped"]
+    p50, p99, low, high = latency["shipped"]
     lines = [
         "| measurement | result | ratio |", "|---|---:|---:|",
         f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
         f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | handler ÷ bare = {handler / bare:.2f} |",
         f"| served, 4 clients, count=64, {shipped} worker{'s' * (shipped > 1)} (shipped) | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
-        f"| served latency, sequential count=1, {shipped} worker{'s' * (shipped > 1)} (shipped) | p50 {p50:.2f} ms, p99 {p99:.2f} ms | |",
-        f"| the same with {other} worker{'s' * (other > 1)} | p50 {latency['other'][0]:.2f} ms, p99 {latency['other'][1]:.2f} ms | |",
+        f"| served latency, sequential count=1, {shipped} worker{'s' * (shipped > 1)} (shipped) | p50 {p50:.2f} ms "
+        f"(rounds {low:.2f}-{high:.2f}), p99 {p99:.2f} ms | |",
+        f"| the same with {other} worker{'s' * (other > 1)} | p50 {latency['other'][0]:.2f} ms "
+        f"(rounds {latency['other'][2]:.2f}-{latency['other'][3]:.2f}), p99 {latency['other'][1]:.2f} ms | |",
         f"| of which: TorchServe with a handler that does nothing | p50 {latency['empty'][0]:.2f} ms | |",
         f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'][0]:.2f} ms | |",
         f"| the handler in-process, count=1 (hot loop) | p50 {handler_p50:.2f} ms | |",
@@ -254,6 +276,8 @@ def main() -> None:
     lines += ["", f"Load: 16 clients for {args.load_seconds:.0f} s, counts drawn from 1, 1, 4, 16, 64, 256: "
               f"{load['requests']:,} requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, "
               f"p99 {load['p99_ms']:.1f} ms, {load['images_per_s']:,.0f} images/s."]
+    lines += ["", f"Host speed (a fixed Python loop; lower is faster, 3.9 ms on a quiet host, 6.5 ms on a busy one): "
+              f"{speed_before:.1f} ms before the in-process figures, {speed_after:.1f} ms after the latency turns."]
     report = "\n".join(lines)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
