@@ -22,13 +22,13 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import requests
 import torch
 
 from scripts.archive import HANDLER_DIR, build_archive
-from scripts.local_handler import LocalHandler, model_dir_from
+from scripts.local_handler import MODEL_DIR_FILES, LocalHandler, model_dir_from
 from scripts.server import MODEL_NAME, TorchServe, free_ports
 from train.artifacts import load_generator
 
@@ -67,7 +67,7 @@ def empty_handler_store(tmp: Path) -> Path:
     handler.write_text(EMPTY_HANDLER)
     store = tmp / "store-empty"
     store.mkdir()
-    extra = ",".join(str(HANDLER_DIR / name) for name in ("mnist_gan_handler.py", "generator.py", "request_contract.py"))
+    extra = ",".join(str(HANDLER_DIR / name) for name in MODEL_DIR_FILES)  # it imports mnist_gan_handler
     subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", MODEL_NAME,
                     "--version", "1.0", "--handler", str(handler), "--extra-files", extra,
                     "--config-file", str(SHIPPED_CONFIG), "--export-path", str(store)], check=True)
@@ -179,10 +179,17 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
                 p99_ms=1000 * percentile(latencies, 99) if latencies else float("nan"))
 
 
+class Latency(NamedTuple):
+    """ms of sequential requests: p50, p99, and the lowest and highest p50 of one round."""
+    p50: float
+    p99: float
+    low: float
+    high: float
+
+
 def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int = 8, block: int = 250,
-                        warmup: int = 1500) -> dict[str, tuple[float, float, float, float]]:
-    """p50, p99, and the lowest and highest per-round p50 (ms) per server of sequential requests,
-    the servers taking turns in blocks.
+                        warmup: int = 1500) -> dict[str, Latency]:
+    """Latency per server of sequential requests, the servers taking turns in blocks.
 
     This machine's speed drifts by tens of percent over minutes (other tenants on the host);
     taking turns exposes every server to the same drift, so their differences are real.
@@ -214,8 +221,8 @@ def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int 
                 assert status == 200, (name, status)
             samples[name] += this_round
             rounds_p50[name].append(percentile(this_round, 50))
-    return {name: tuple(1000 * v for v in (percentile(values, 50), percentile(values, 99),
-                                           min(rounds_p50[name]), max(rounds_p50[name])))
+    return {name: Latency(*(1000 * v for v in (percentile(values, 50), percentile(values, 99),
+                                                min(rounds_p50[name]), max(rounds_p50[name]))))
             for name, values in samples.items()}
 
 
@@ -258,18 +265,18 @@ def main() -> None:
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
 
     served = results[(shipped, 4, 64)]["images_per_s"]
-    p50, p99, low, high = latency["shipped"]
+    mine, alt = latency["shipped"], latency["other"]
+    shipped_workers, other_workers = (f"{n} worker{'s' * (n > 1)}" for n in (shipped, other))
     lines = [
         "| measurement | result | ratio |", "|---|---:|---:|",
         f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
         f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | handler ÷ bare = {handler / bare:.2f} |",
-        f"| served, 4 clients, count=64, {shipped} worker{'s' * (shipped > 1)} (shipped) | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
-        f"| served latency, sequential count=1, {shipped} worker{'s' * (shipped > 1)} (shipped) | p50 {p50:.2f} ms "
-        f"(rounds {low:.2f}-{high:.2f}), p99 {p99:.2f} ms | |",
-        f"| the same with {other} worker{'s' * (other > 1)} | p50 {latency['other'][0]:.2f} ms "
-        f"(rounds {latency['other'][2]:.2f}-{latency['other'][3]:.2f}), p99 {latency['other'][1]:.2f} ms | |",
-        f"| of which: TorchServe with a handler that does nothing | p50 {latency['empty'][0]:.2f} ms | |",
-        f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'][0]:.2f} ms | |",
+        f"| served, 4 clients, count=64, {shipped_workers} (shipped) | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
+        f"| served latency, sequential count=1, {shipped_workers} (shipped) | p50 {mine.p50:.2f} ms "
+        f"(rounds {mine.low:.2f}-{mine.high:.2f}), p99 {mine.p99:.2f} ms | |",
+        f"| the same with {other_workers} | p50 {alt.p50:.2f} ms (rounds {alt.low:.2f}-{alt.high:.2f}), p99 {alt.p99:.2f} ms | |",
+        f"| of which: TorchServe with a handler that does nothing | p50 {latency['empty'].p50:.2f} ms | |",
+        f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'].p50:.2f} ms | |",
         f"| the handler in-process, count=1, back to back | p50 {handler_p50:.2f} ms | |",
         f"| the handler in-process, count=1, 3 ms of other work between calls (cold caches) | p50 {handler_cold_p50:.2f} ms | |",
         "", "| workers | clients | count | images/s | requests/s | p50 ms | p99 ms | failed |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -277,8 +284,8 @@ def main() -> None:
     for (workers, n_clients, count), r in sorted(results.items()):
         lines.append(f"| {workers} | {n_clients} | {count} | {r['images_per_s']:,.0f} | {r['requests'] / args.seconds:,.0f} | "
                      f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {len(r['failures'])} |")
-    lines += ["", f"Server-side batching (batchSize 8, maxBatchDelay 1 ms, {shipped} worker{'s' * (shipped > 1)}): "
-              f"sequential count=1 p50 {latency['batching'][0]:.2f} ms, p99 {latency['batching'][1]:.2f} ms; "
+    lines += ["", f"Server-side batching (batchSize 8, maxBatchDelay 1 ms, {shipped_workers}): "
+              f"sequential count=1 p50 {latency['batching'].p50:.2f} ms, p99 {latency['batching'].p99:.2f} ms; "
               f"16 clients count=1: {batched[1]['images_per_s']:,.0f} images/s (without batching "
               f"{results[(shipped, 16, 1)]['images_per_s']:,.0f}); 16 clients count=64: "
               f"{batched[64]['images_per_s']:,.0f} images/s (without {results[(shipped, 16, 64)]['images_per_s']:,.0f})."]

@@ -9,7 +9,8 @@ import orjson
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
+from scripts.archive import HANDLER_DIR
+
 MODEL_DIR_FILES = ("generator.py", "mnist_gan_handler.py", "request_contract.py")
 
 
