@@ -3,7 +3,8 @@
     python -m scripts.bench --run-dir artifacts
 
 1. the bare generator forward pass at batch 64 (images/s: this machine's limit for the model)
-2. the handler in-process (initialize once, handle a count=64 request in a loop)
+2. the handler in-process (initialize once, handle a count=64 request in a loop); 1, 2 and the
+   served count=64 throughput of (4) take turns in rounds, and the ratios are per round
 3. served latency p50/p99 of sequential count=1 requests over loopback HTTP, with where the time goes:
    TorchServe alone (`GET /ping`), TorchServe's round trip to a worker whose handler does nothing
 4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 1 and 2 workers
@@ -24,7 +25,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import requests
 import torch
 
 from scripts.archive import HANDLER_DIR, build_archive
@@ -103,7 +103,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def bare_forward(run_dir: Path, seconds: float) -> float:
+def bare_forward_step(run_dir: Path) -> Callable[[], int]:
+    """One forward pass of the bare generator at batch 64."""
     model, _ = load_generator(run_dir / "generator.pt", run_dir / "generator.json")
     noise = torch.randn(64, model.latent_dim)
     labels = torch.arange(64) % model.num_classes if model.num_classes else None
@@ -113,52 +114,60 @@ def bare_forward(run_dir: Path, seconds: float) -> float:
         model(noise, labels)
         return 64
 
-    return rate(step, seconds)
+    return step
 
 
-def in_process(run_dir: Path, seconds: float) -> tuple[float, float, float]:
-    """The handler's images/s at count=64, and its p50 latency (ms) for one count=1 request: back to
-    back, and with 3 ms of other work between calls, as between served requests (caches gone cold)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = LocalHandler(model_dir_from(run_dir, Path(tmp)))
+def handler_step(local: LocalHandler) -> Callable[[], int]:
+    """One count=64 request through the handler in-process."""
+    def step() -> int:
+        out = local.handle_raw([{"body": {"count": 64}}], [JSON])
+        assert local.context.get_response_status(0)[0] == 200 and len(out[0]) > 100_000
+        return 64
 
-        def step() -> int:
-            out = local.handle_raw([{"body": {"count": 64}}], [JSON])
-            assert local.context.get_response_status(0)[0] == 200 and len(out[0]) > 100_000
-            return 64
+    return step
 
-        def count_one(gap: float) -> float:
-            latencies = []
-            for _ in range(1300):  # the first 300 warm up
-                other_work_until = time.perf_counter() + gap
-                scratch = [0] * 1000
-                while time.perf_counter() < other_work_until:
-                    scratch = [x + 1 for x in scratch]
-                started = time.perf_counter()
-                local.handle_raw([{"body": {"count": 1}}], [JSON])
-                latencies.append(time.perf_counter() - started)
-            return 1000 * percentile(latencies[300:], 50)
 
-        return rate(step, seconds), count_one(0.0), count_one(0.003)
+def count_one_latency(local: LocalHandler, gap: float) -> float:
+    """p50 ms of one count=1 request through the handler in-process, with `gap` seconds of other
+    work between calls (3 ms: as between served requests, caches gone cold)."""
+    latencies = []
+    for _ in range(1300):  # the first 300 warm up
+        other_work_until = time.perf_counter() + gap
+        scratch = [0] * 1000
+        while time.perf_counter() < other_work_until:
+            scratch = [x + 1 for x in scratch]
+        started = time.perf_counter()
+        local.handle_raw([{"body": {"count": 1}}], [JSON])
+        latencies.append(time.perf_counter() - started)
+    return 1000 * percentile(latencies[300:], 50)
+
+
+def post_count(connection: http.client.HTTPConnection, headers: dict, count: int) -> tuple[int, bytes]:
+    """POSTs {"count": count} on a keep-alive connection: (status, body). The `requests` library
+    would add about 1 ms per call here, and 3 ms reading a count=64 body (measured), CPU time that
+    the clients take from the server on 2 cores."""
+    connection.request("POST", f"/predictions/{MODEL_NAME}", body=json.dumps({"count": count}), headers=headers)
+    reply = connection.getresponse()
+    return reply.status, reply.read()
 
 
 def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int]) -> dict:
-    """n_clients threads, each with its own keep-alive session, POSTing for `seconds`."""
+    """n_clients threads, each with its own keep-alive connection, POSTing for `seconds`."""
     headers = {**server.headers(), "Content-Type": JSON}
     lock, latencies, images, failures = threading.Lock(), [], [0], []
     stop_at = time.perf_counter() + seconds
 
     def worker(seed: int) -> None:
-        rng, session = random.Random(seed), requests.Session()
+        rng, connection = random.Random(seed), None
         while time.perf_counter() < stop_at:
             count = rng.choice(counts)
             started = time.perf_counter()
             try:
-                reply = session.post(server.predict_url, data=json.dumps({"count": count}), headers=headers, timeout=60)
-                ok = reply.status_code == 200 and len(reply.content) > count * 784
-                error = None if ok else f"{reply.status_code}: {reply.text[:100]}"
-            except requests.RequestException as exc:
-                error = repr(exc)
+                connection = connection or http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=60)
+                status, body = post_count(connection, headers, count)
+                error = None if status == 200 and len(body) > count * 784 else f"{status}: {body[:100]!r}"
+            except (OSError, http.client.HTTPException) as exc:
+                error, connection = repr(exc), None  # counted, then a new connection
             elapsed = time.perf_counter() - started
             with lock:
                 if error:
@@ -166,6 +175,8 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
                 else:
                     latencies.append(elapsed)
                     images[0] += count
+        if connection:
+            connection.close()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_clients)]
@@ -177,6 +188,31 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
     return dict(images_per_s=images[0] / wall, requests=len(latencies), failures=failures,
                 p50_ms=1000 * percentile(latencies, 50) if latencies else float("nan"),
                 p99_ms=1000 * percentile(latencies, 99) if latencies else float("nan"))
+
+
+class Ratio(NamedTuple):
+    """numerator ÷ denominator: the median of the per-round ratios, and their range."""
+    median: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} (rounds {self.low:.2f}-{self.high:.2f})"
+
+
+def throughput_turns(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Every measurement once per round, in turn, so that a ratio of two comes from the same minute
+    (this host's speed drifts by up to 1.8x within minutes: measured)."""
+    results = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            results[name].append(measure())
+    return results
+
+
+def ratio(numerators: list[float], denominators: list[float]) -> Ratio:
+    per_round = [a / b for a, b in zip(numerators, denominators)]
+    return Ratio(percentile(per_round, 50), min(per_round), max(per_round))
 
 
 class Latency(NamedTuple):
@@ -200,10 +236,9 @@ def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int 
         headers = {**server.headers(), "Content-Type": JSON}
 
         def call(connection=connection, headers=headers, path=path) -> int:
-            if path:
-                connection.request("GET", path, headers=headers)
-            else:  # one keep-alive connection: `requests` would add ~1 ms of client time per call here
-                connection.request("POST", f"/predictions/{MODEL_NAME}", body=b'{"count": 1}', headers=headers)
+            if not path:
+                return post_count(connection, headers, 1)[0]
+            connection.request("GET", path, headers=headers)
             reply = connection.getresponse()
             reply.read()
             return reply.status
@@ -230,6 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of bare, handler and served throughput")
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench.md"))
     args = parser.parse_args()
@@ -238,12 +274,11 @@ def main() -> None:
     other = 3 - shipped  # 1 or 2 workers on 2 cores
 
     speed_before = host_speed_ms()
-    bare = bare_forward(args.run_dir, args.seconds)
-    handler, handler_p50, handler_cold_p50 = in_process(args.run_dir, args.seconds)
-    print(f"bare forward {bare:.0f} img/s, handler {handler:.0f} img/s", file=sys.stderr)
     results = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        local = LocalHandler(model_dir_from(args.run_dir, tmp / "model-dir"))
+        handler_p50, handler_cold_p50 = count_one_latency(local, 0.0), count_one_latency(local, 0.003)
         stores = {n: archive_with(args.run_dir, tmp, f"store-{n}w", model_config(minWorkers=n, maxWorkers=n))
                   for n in (shipped, other)}
         stores["batching"] = archive_with(args.run_dir, tmp, "store-batching", model_config(batchSize=8, maxBatchDelay=1))
@@ -257,6 +292,13 @@ def main() -> None:
                                            "batching": (up["batching"], ""), "empty": (up["empty"], ""),
                                            "ping": (up["empty"], "/ping")})
             speed_after = host_speed_ms()
+            bare_step, in_process_step = bare_forward_step(args.run_dir), handler_step(local)
+            rate(bare_step, 0.5), rate(in_process_step, 0.5), clients(up[shipped], 4, 2.0, [64])  # warm-up
+            turns = throughput_turns({
+                "bare": lambda: rate(bare_step, args.seconds, warmup=0.2),
+                "handler": lambda: rate(in_process_step, args.seconds, warmup=0.2),
+                "served": lambda: clients(up[shipped], 4, args.seconds, [64])["images_per_s"],
+            }, rounds=args.rounds)
             for n in (shipped, other):
                 for n_clients in (1, 4, 16):
                     for count in (1, 64):
@@ -264,14 +306,18 @@ def main() -> None:
             load = clients(up[shipped], 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
 
-    served = results[(shipped, 4, 64)]["images_per_s"]
+    bare, handler, served = (percentile(turns[name], 50) for name in ("bare", "handler", "served"))
     mine, alt = latency["shipped"], latency["other"]
     shipped_workers, other_workers = (f"{n} worker{'s' * (n > 1)}" for n in (shipped, other))
     lines = [
+        f"Throughput: medians of {args.rounds} rounds of {args.seconds:.0f} s, bare, handler and served taking turns; "
+        "a ratio is the median of the per-round ratios.", "",
         "| measurement | result | ratio |", "|---|---:|---:|",
         f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
-        f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | handler ÷ bare = {handler / bare:.2f} |",
-        f"| served, 4 clients, count=64, {shipped_workers} (shipped) | {served:,.0f} images/s | served ÷ handler = {served / handler:.2f} |",
+        f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | "
+        f"handler ÷ bare = {ratio(turns['handler'], turns['bare'])} |",
+        f"| served, 4 clients, count=64, {shipped_workers} (shipped) | {served:,.0f} images/s | "
+        f"served ÷ handler = {ratio(turns['served'], turns['handler'])} |",
         f"| served latency, sequential count=1, {shipped_workers} (shipped) | p50 {mine.p50:.2f} ms "
         f"(rounds {mine.low:.2f}-{mine.high:.2f}), p99 {mine.p99:.2f} ms | |",
         f"| the same with {other_workers} | p50 {alt.p50:.2f} ms (rounds {alt.low:.2f}-{alt.high:.2f}), p99 {alt.p99:.2f} ms | |",
