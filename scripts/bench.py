@@ -5,7 +5,8 @@
 1. the bare generator forward pass at batch 64 (images/s: this machine's limit for the model)
 2. the handler in-process (initialize once, handle a count=64 request in a loop); 1, 2 and the
    served count=64 throughput of (4) take turns in rounds, and the ratios are per round
-3. served latency p50/p99 of sequential count=1 requests over loopback HTTP, with where the time goes:
+3. served latency p50/p99 of sequential count=1 requests over loopback HTTP (rounds at the start and
+   the end of the run), with where the time goes:
    TorchServe alone (`GET /ping`), TorchServe's round trip to a worker whose handler does nothing
 4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 1 and 2 workers
 5. a load run: 16 clients for --load-seconds with mixed counts; failures and p50/p99
@@ -216,21 +217,28 @@ def ratio(numerators: list[float], denominators: list[float]) -> Ratio:
 
 
 class Latency(NamedTuple):
-    """ms of sequential requests: p50, p99, and the lowest and highest p50 of one round."""
+    """ms of sequential requests: p50, p99, and the p50 of each round in order."""
     p50: float
     p99: float
-    low: float
-    high: float
+    rounds: list[float]
+
+    @property
+    def low(self) -> float:
+        return min(self.rounds)
+
+    @property
+    def high(self) -> float:
+        return max(self.rounds)
 
 
-def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int = 8, block: int = 250,
-                        warmup: int = 1500) -> dict[str, Latency]:
-    """Latency per server of sequential requests, the servers taking turns in blocks.
+def latency_turns(servers: dict[str, tuple[TorchServe, str]], rounds: int, block: int = 250,
+                  warmup: int = 1500) -> dict[str, list[list[float]]]:
+    """Seconds per sequential request, per server and round, the servers taking turns in blocks.
 
     This machine's speed drifts by tens of percent over minutes (other tenants on the host);
     taking turns exposes every server to the same drift, so their differences are real.
     """
-    calls, samples, rounds_p50 = {}, {name: [] for name in servers}, {name: [] for name in servers}
+    calls, samples = {}, {name: [] for name in servers}
     for name, (server, path) in servers.items():
         connection = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=30)
         headers = {**server.headers(), "Content-Type": JSON}
@@ -254,11 +262,14 @@ def interleaved_latency(servers: dict[str, tuple[TorchServe, str]], rounds: int 
                 status = call()
                 this_round.append(time.perf_counter() - started)
                 assert status == 200, (name, status)
-            samples[name] += this_round
-            rounds_p50[name].append(percentile(this_round, 50))
-    return {name: Latency(*(1000 * v for v in (percentile(values, 50), percentile(values, 99),
-                                                min(rounds_p50[name]), max(rounds_p50[name]))))
-            for name, values in samples.items()}
+            samples[name].append(this_round)
+    return samples
+
+
+def summarize(rounds: list[list[float]]) -> Latency:
+    every = [value for one_round in rounds for value in one_round]
+    return Latency(1000 * percentile(every, 50), 1000 * percentile(every, 99),
+                   [1000 * percentile(one_round, 50) for one_round in rounds])
 
 
 def main() -> None:
@@ -266,6 +277,7 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=5.0, help="per throughput measurement")
     parser.add_argument("--rounds", type=int, default=3, help="turns of bare, handler and served throughput")
+    parser.add_argument("--latency-rounds", type=int, default=8, help="count=1 latency turns: half first, half last")
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench.md"))
     args = parser.parse_args()
@@ -288,9 +300,9 @@ def main() -> None:
         with ExitStack() as running:
             up = {name: running.enter_context(TorchServe(tmp / f"ts-{name}", store, ports=tuple(free_ports(4))))
                   for name, store in stores.items()}
-            latency = interleaved_latency({"shipped": (up[shipped], ""), "other": (up[other], ""),
-                                           "batching": (up["batching"], ""), "empty": (up["empty"], ""),
-                                           "ping": (up["empty"], "/ping")})
+            turn_servers = {"shipped": (up[shipped], ""), "other": (up[other], ""), "batching": (up["batching"], ""),
+                            "empty": (up["empty"], ""), "ping": (up["empty"], "/ping")}
+            early_turns = latency_turns(turn_servers, rounds=args.latency_rounds // 2)
             speed_after = host_speed_ms()
             bare_step, in_process_step = bare_forward_step(args.run_dir), handler_step(local)
             rate(bare_step, 0.5), rate(in_process_step, 0.5), clients(up[shipped], 4, 2.0, [64])  # warm-up
@@ -305,6 +317,10 @@ def main() -> None:
                         results[(n, n_clients, count)] = clients(up[n], n_clients, args.seconds, [count])
             load = clients(up[shipped], 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
+            # More latency rounds minutes later, so the figure samples more than one state of the host.
+            late_turns = latency_turns(turn_servers, rounds=args.latency_rounds - args.latency_rounds // 2, warmup=100)
+            latency = {name: summarize(early_turns[name] + late_turns[name]) for name in turn_servers}
+            speed_end = host_speed_ms()
 
     bare, handler, served = (percentile(turns[name], 50) for name in ("bare", "handler", "served"))
     mine, alt = latency["shipped"], latency["other"]
@@ -325,6 +341,10 @@ def main() -> None:
         f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'].p50:.2f} ms | |",
         f"| the handler in-process, count=1, back to back | p50 {handler_p50:.2f} ms | |",
         f"| the handler in-process, count=1, 3 ms of other work between calls (cold caches) | p50 {handler_cold_p50:.2f} ms | |",
+        "", f"Latency: {args.latency_rounds} rounds of 250 sequential count=1 requests per server, the servers taking turns, "
+        f"half of the rounds before the throughput runs and half after the load run. Per-round p50 of the shipped "
+        f"{shipped_workers}, in order: {', '.join(f'{v:.2f}' for v in mine.rounds)} ms; of the {other_workers}: "
+        f"{', '.join(f'{v:.2f}' for v in alt.rounds)} ms.",
         "", "| workers | clients | count | images/s | requests/s | p50 ms | p99 ms | failed |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (workers, n_clients, count), r in sorted(results.items()):
@@ -339,7 +359,7 @@ def main() -> None:
               f"{load['requests']:,} requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, "
               f"p99 {load['p99_ms']:.1f} ms, {load['images_per_s']:,.0f} images/s."]
     lines += ["", f"Host speed (a fixed Python loop; lower is faster, 3.9 ms on a quiet host, 6.5 ms on a busy one): "
-              f"{speed_before:.1f} ms before the in-process figures, {speed_after:.1f} ms after the latency turns."]
+              f"{speed_before:.1f} ms at the start, {speed_after:.1f} ms after the first latency turns, {speed_end:.1f} ms at the end."]
     report = "\n".join(lines)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
