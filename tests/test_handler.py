@@ -114,6 +114,20 @@ def test_images_are_the_generators_on_both_kernel_paths(handler_client, count):
     assert np.array_equal(first, images_of(handler_client.post({"count": count, "seed": 77})[1]))
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+def test_the_kernel_switch_is_restored_after_a_request(handler_client, onednn):
+    # The handler flips the process-wide oneDNN switch around its forward pass; whatever else runs
+    # in the process (the bench, these tests) must find it as it was, after any request.
+    previous = torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = onednn
+        for body in ({"count": 1}, {"count": ONEDNN_MIN_COUNT}, {"count": "many"}):
+            handler_client.post(body)
+            assert torch.backends.mkldnn.enabled is onednn
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
 def _per_request_records(client, caplog) -> list[str]:
     caplog.clear()
     with caplog.at_level(logging.INFO):
