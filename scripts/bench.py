@@ -2,12 +2,14 @@
 
     python -m scripts.bench --run-dir artifacts
 
-1. the bare generator forward pass at batch 64 (images/s: this machine's limit for the model)
+1. the bare generator forward pass at batch 64 (images/s: this machine's limit for the model), in ONNX
+   Runtime (what the handler runs on a CPU) and in PyTorch
 2. the handler in-process (initialize once, handle a count=64 request in a loop); 1, 2 and the
    served count=64 throughput of (4) take turns in rounds, and the ratios are per round
 3. served latency p50/p99 of sequential count=1 requests over loopback HTTP (rounds at the start and
    the end of the run), with where the time goes:
-   TorchServe alone (`GET /ping`), TorchServe's round trip to a worker whose handler does nothing
+   TorchServe alone (`GET /ping`), TorchServe's round trip to a worker whose handler does nothing,
+   and the handler with PyTorch instead of ONNX Runtime
 4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 1 and 2 workers
 5. a load run: 16 clients for --load-seconds with mixed counts; failures and p50/p99
 6. TorchServe's server-side batching against none
@@ -104,18 +106,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-def bare_forward_step(run_dir: Path) -> Callable[[], int]:
-    """One forward pass of the bare generator at batch 64."""
+def bare_forward_steps(run_dir: Path, local: LocalHandler) -> dict[str, Callable[[], int]]:
+    """One forward pass of the bare generator at batch 64: in ONNX Runtime (the handler's own session,
+    what it serves with on a CPU) and in PyTorch."""
     model, _ = load_generator(run_dir / "generator.pt", run_dir / "generator.json")
     noise = torch.randn(64, model.latent_dim)
     labels = torch.arange(64) % model.num_classes if model.num_classes else None
+    feeds = {"noise": noise.numpy()} | ({} if labels is None else {"labels": labels.numpy()})
+
+    def onnx_step() -> int:
+        local.handler.session.run(None, feeds)
+        return 64
 
     @torch.inference_mode()
-    def step() -> int:
+    def torch_step() -> int:
         model(noise, labels)
         return 64
 
-    return step
+    return {"bare": onnx_step, "bare_torch": torch_step}
 
 
 def handler_step(local: LocalHandler) -> Callable[[], int]:
@@ -294,21 +302,26 @@ def main() -> None:
         stores = {n: archive_with(args.run_dir, tmp, f"store-{n}w", model_config(minWorkers=n, maxWorkers=n))
                   for n in (shipped, other)}
         stores["batching"] = archive_with(args.run_dir, tmp, "store-batching", model_config(batchSize=8, maxBatchDelay=1))
+        torch_config = model_config().replace("runtime: onnxruntime", "runtime: torch")
+        assert "runtime: torch" in torch_config, "handler/model-config.yaml no longer says `runtime: onnxruntime`"
+        stores["torch"] = archive_with(args.run_dir, tmp, "store-torch", torch_config)
         stores["empty"] = empty_handler_store(tmp)
         # All up at once, so the latency turns see the same machine; an idle server costs no CPU, and
         # the warm-up requests leave every JVM compiled for the throughput runs that follow.
         with ExitStack() as running:
             up = {name: running.enter_context(TorchServe(tmp / f"ts-{name}", store, ports=tuple(free_ports(4))))
                   for name, store in stores.items()}
-            turn_servers = {"shipped": (up[shipped], ""), "other": (up[other], ""), "batching": (up["batching"], ""),
+            turn_servers = {"shipped": (up[shipped], ""), "other": (up[other], ""), "torch": (up["torch"], ""),
+                            "batching": (up["batching"], ""),
                             "empty": (up["empty"], ""), "ping": (up["empty"], "/ping")}
             early_turns = latency_turns(turn_servers, rounds=args.latency_rounds // 2)
             speed_after = host_speed_ms()
-            bare_step, in_process_step = bare_forward_step(args.run_dir), handler_step(local)
-            rate(bare_step, 0.5), rate(in_process_step, 0.5), clients(up[shipped], 4, 2.0, [64])  # warm-up
+            steps = {**bare_forward_steps(args.run_dir, local), "handler": handler_step(local)}
+            for step in steps.values():
+                rate(step, 0.5)  # warm-up
+            clients(up[shipped], 4, 2.0, [64])
             turns = throughput_turns({
-                "bare": lambda: rate(bare_step, args.seconds, warmup=0.2),
-                "handler": lambda: rate(in_process_step, args.seconds, warmup=0.2),
+                **{name: lambda step=step: rate(step, args.seconds, warmup=0.2) for name, step in steps.items()},
                 "served": lambda: clients(up[shipped], 4, args.seconds, [64])["images_per_s"],
             }, rounds=args.rounds)
             for n in (shipped, other):
@@ -326,10 +339,12 @@ def main() -> None:
     mine, alt = latency["shipped"], latency["other"]
     shipped_workers, other_workers = (f"{n} worker{'s' * (n > 1)}" for n in (shipped, other))
     lines = [
-        f"Throughput: medians of {args.rounds} rounds of {args.seconds:.0f} s, bare, handler and served taking turns; "
+        f"Throughput: medians of {args.rounds} rounds of {args.seconds:.0f} s, bare (both runtimes), handler and served taking turns; "
         "a ratio is the median of the per-round ratios.", "",
         "| measurement | result | ratio |", "|---|---:|---:|",
-        f"| bare generator forward, batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
+        f"| bare generator forward in ONNX Runtime (what the handler runs on a CPU), batch 64, 1 thread | {bare:,.0f} images/s | 1.00 |",
+        f"| the same in PyTorch | {percentile(turns['bare_torch'], 50):,.0f} images/s | "
+        f"ONNX Runtime ÷ PyTorch = {ratio(turns['bare'], turns['bare_torch'])} |",
         f"| handler in-process, count=64 (noise + forward + JSON) | {handler:,.0f} images/s | "
         f"handler ÷ bare = {ratio(turns['handler'], turns['bare'])} |",
         f"| served, 4 clients, count=64, {shipped_workers} (shipped) | {served:,.0f} images/s | "
@@ -337,6 +352,8 @@ def main() -> None:
         f"| served latency, sequential count=1, {shipped_workers} (shipped) | p50 {mine.p50:.2f} ms "
         f"(rounds {mine.low:.2f}-{mine.high:.2f}), p99 {mine.p99:.2f} ms | |",
         f"| the same with {other_workers} | p50 {alt.p50:.2f} ms (rounds {alt.low:.2f}-{alt.high:.2f}), p99 {alt.p99:.2f} ms | |",
+        f"| the same with `handler: runtime: torch` (PyTorch instead of ONNX Runtime) | p50 {latency['torch'].p50:.2f} ms "
+        f"(rounds {latency['torch'].low:.2f}-{latency['torch'].high:.2f}), p99 {latency['torch'].p99:.2f} ms | |",
         f"| of which: TorchServe with a handler that does nothing | p50 {latency['empty'].p50:.2f} ms | |",
         f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'].p50:.2f} ms | |",
         f"| the handler in-process, count=1, back to back | p50 {handler_p50:.2f} ms | |",

@@ -9,7 +9,8 @@ import orjson
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-from scripts.archive import HANDLER_DIR
+from scripts.archive import HANDLER_DIR, ONNX_FILE, export_onnx
+from train.artifacts import load_generator
 
 MODEL_DIR_FILES = ("generator.py", "mnist_gan_handler.py", "request_contract.py")
 
@@ -21,6 +22,7 @@ def model_dir_from(run_dir: Path, target: Path) -> Path:
         shutil.copy(Path(run_dir) / name, target / name)
     for name in MODEL_DIR_FILES:
         shutil.copy(HANDLER_DIR / name, target / name)
+    export_onnx(load_generator(target / "generator.pt", target / "generator.json")[0], target / ONNX_FILE)
     return target
 
 

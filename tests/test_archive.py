@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.generator import Generator
+import numpy as np
+import onnxruntime
+
+import scripts.archive
+from handler.generator import Generator, sample_latent
+from handler.mnist_gan_handler import ONNX_FILE
 from scripts.archive import build_archive
+from train.artifacts import load_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,6 +29,27 @@ def test_archive_packs_model_file_weights_handler_and_metadata(tiny_run, tmp_pat
     manifest = json.loads(zipfile.ZipFile(mar).read("MAR-INF/MANIFEST.json"))
     assert manifest["model"]["modelFile"] == "generator.py" and manifest["model"]["handler"] == "mnist_gan_handler.py"
     assert [p.name for p in tmp_path.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers
+
+
+def test_archive_packs_an_onnx_export_that_draws_the_generators_images(tiny_run, tmp_path):
+    mar = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path)
+    (tmp_path / ONNX_FILE).write_bytes(zipfile.ZipFile(mar).read(ONNX_FILE))  # the name the handler loads
+    session = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
+    model, _ = load_generator(tiny_run / "generator.pt", tiny_run / "generator.json")
+    for count in (1, 5, 300):  # any batch size, not only the one it was exported with
+        noise, labels = sample_latent(model, count, torch.Generator().manual_seed(count))
+        with torch.inference_mode():
+            expected = model(noise, labels).numpy()
+        images = session.run(None, {"noise": noise.numpy(), "labels": labels.numpy()})[0]
+        assert images.shape == (count, 1, 28, 28)
+        assert np.abs(images - expected).max() < 1e-5
+
+
+def test_archive_refuses_an_export_that_does_not_match(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(scripts.archive, "EXPORT_TOLERANCE", -1.0)  # no export can pass: the check must refuse
+    with pytest.raises(ValueError, match="ONNX export of the generator is off"):
+        build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _refused(weights: Path, metadata: Path, export: Path) -> str:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cases import BAD_REQUESTS, GOOD_REQUESTS, JSON, worker_decode
-from mnist_gan_handler import ONEDNN_MIN_COUNT, set_request_logs
+from mnist_gan_handler import ONNX_FILE, set_request_logs
 from scripts.local_handler import LocalHandler, model_dir_from
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
@@ -99,33 +99,45 @@ def test_torchserve_loadable_files_define_exactly_one_class(filename):
     assert len([node for node in tree.body if isinstance(node, ast.ClassDef)]) == 1
 
 
-@pytest.mark.parametrize("count", [1, ONEDNN_MIN_COUNT - 1, ONEDNN_MIN_COUNT, 32])
-def test_images_are_the_generators_on_both_kernel_paths(handler_client, count):
-    # Below ONEDNN_MIN_COUNT images the handler runs PyTorch's native kernels, from it up oneDNN:
-    # either way the images are the generator's own (to the contract's 4 decimals), and repeatable.
+@pytest.fixture(scope="module")
+def torch_runtime_client(tiny_run, tmp_path_factory) -> LocalHandler:
+    return LocalHandler(model_dir_from(tiny_run, tmp_path_factory.mktemp("torch_runtime")), {"handler": {"runtime": "torch"}})
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("count", [1, 7, 64])
+def test_images_are_the_generators_on_either_runtime(handler_client, torch_runtime_client, runtime, count):
+    # On a CPU the handler runs the archive's ONNX export in ONNX Runtime (the default) or the state dict
+    # in PyTorch: either way the images are the generator's own, to the contract's 4 decimals plus the
+    # 1e-6 by which the two runtimes' kernels can differ, and a seed repeats them bit for bit.
     from generator import sample_latent
 
-    model = handler_client.handler.model
+    client = handler_client if runtime == "onnxruntime" else torch_runtime_client
+    assert (client.handler.session is not None) == (runtime == "onnxruntime")
+    model = client.handler.model
     noise, labels = sample_latent(model, count, torch.Generator().manual_seed(77))
     with torch.inference_mode():
         expected = model(noise, labels)[:, 0].numpy()
-    first = images_of(handler_client.post({"count": count, "seed": 77})[1])
-    assert np.abs(first - expected).max() <= 5e-5 + 1e-6  # rounding to 4 decimals, plus kernel differences
-    assert np.array_equal(first, images_of(handler_client.post({"count": count, "seed": 77})[1]))
+    first = images_of(client.post({"count": count, "seed": 77})[1])
+    assert np.abs(first - expected).max() <= 5e-5 + 2e-6
+    assert np.array_equal(first, images_of(client.post({"count": count, "seed": 77})[1]))
 
 
-@pytest.mark.parametrize("onednn", [True, False])
-def test_the_kernel_switch_is_restored_after_a_request(handler_client, onednn):
-    # The handler flips the process-wide oneDNN switch around its forward pass; whatever else runs
-    # in the process (the bench, these tests) must find it as it was, after any request.
-    previous = torch.backends.mkldnn.enabled
-    try:
-        torch.backends.mkldnn.enabled = onednn
-        for body in ({"count": 1}, {"count": ONEDNN_MIN_COUNT}, {"count": "many"}):
-            handler_client.post(body)
-            assert torch.backends.mkldnn.enabled is onednn
-    finally:
-        torch.backends.mkldnn.enabled = previous
+def test_the_runtimes_agree_on_the_unconditional_tutorial_generator(tutorial_handler_client, tiny_tutorial_run, tmp_path):
+    via_torch = LocalHandler(model_dir_from(tiny_tutorial_run, tmp_path), {"handler": {"runtime": "torch"}})
+    onnx_images = images_of(tutorial_handler_client.post({"count": 16, "seed": 3})[1])
+    torch_images = images_of(via_torch.post({"count": 16, "seed": 3})[1])
+    assert onnx_images.shape == (16, 28, 28)
+    assert np.abs(onnx_images - torch_images).max() <= 1e-4 + 2e-6  # at most one rounding step apart
+
+
+def test_an_unknown_runtime_or_a_missing_export_refuses_to_load(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        LocalHandler(model_dir_from(tiny_run, tmp_path / "a"), {"handler": {"runtime": "tensorflow"}})
+    model_dir = model_dir_from(tiny_run, tmp_path / "b")
+    (model_dir / ONNX_FILE).unlink()  # an archive built before the ONNX export existed
+    with pytest.raises(FileNotFoundError, match="make archive"):
+        LocalHandler(model_dir)
 
 
 def _per_request_records(client, caplog) -> list[str]:
