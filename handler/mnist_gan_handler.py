@@ -65,7 +65,8 @@ class DigitGANHandler(BaseHandler):
             raise ValueError(f"model-config.yaml: handler: runtime must be one of {RUNTIMES}, got {runtime!r}")
         # ONNX Runtime on a CPU: 2.2-2.9x PyTorch's images/s at every count, and half its time for one image
         # (measured); PyTorch on a GPU, or when the config asks for it. Both run the same trained weights.
-        self.session = self._onnx_session(model_dir, threads) if runtime == "onnxruntime" and self.device.type == "cpu" else None
+        on_cpu_onnx = runtime == "onnxruntime" and self.device.type == "cpu"
+        self.session = self._onnx_session(model_dir, threads) if on_cpu_onnx else None
         guard_kservev2_envelope()  # with service_envelope=kservev2: malformed bodies get 400, not 503
         self.v2 = False
         self.rng = torch.Generator()  # reseeded for every request
@@ -81,6 +82,9 @@ class DigitGANHandler(BaseHandler):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = threads
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        # With GAN_WORKER_THREADS > 1, idle threads sleep instead of spinning: on these vCPUs a spinning
+        # thread takes the core that the frontend and the other worker need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def _load_pickled_model(self, model_dir: str, model_file: str, model_pt_path: str) -> Generator:
