@@ -63,7 +63,7 @@ class DigitGANHandler(BaseHandler):
         runtime = options.get("runtime", "onnxruntime")
         if runtime not in RUNTIMES:
             raise ValueError(f"model-config.yaml: handler: runtime must be one of {RUNTIMES}, got {runtime!r}")
-        # ONNX Runtime on a CPU: 2.2-2.9x PyTorch's images/s at every count, and half its time for one image
+        # ONNX Runtime on a CPU: 1.8-2.9x PyTorch's images/s (make bench; one in-process run), half its time for one image
         # (measured); PyTorch on a GPU, or when the config asks for it. Both run the same trained weights.
         on_cpu_onnx = runtime == "onnxruntime" and self.device.type == "cpu"
         self.session = self._onnx_session(model_dir, threads) if on_cpu_onnx else None

@@ -352,7 +352,7 @@ def main() -> None:
         f"| served latency, sequential count=1, {shipped_workers} (shipped) | p50 {mine.p50:.2f} ms "
         f"(rounds {mine.low:.2f}-{mine.high:.2f}), p99 {mine.p99:.2f} ms | |",
         f"| the same with {other_workers} | p50 {alt.p50:.2f} ms (rounds {alt.low:.2f}-{alt.high:.2f}), p99 {alt.p99:.2f} ms | |",
-        f"| the same with `handler: runtime: torch` (PyTorch instead of ONNX Runtime) | p50 {latency['torch'].p50:.2f} ms "
+        f"| the same with `handler: runtime: torch` (PyTorch instead of ONNX Runtime), {shipped_workers} | p50 {latency['torch'].p50:.2f} ms "
         f"(rounds {latency['torch'].low:.2f}-{latency['torch'].high:.2f}), p99 {latency['torch'].p99:.2f} ms | |",
         f"| of which: TorchServe with a handler that does nothing | p50 {latency['empty'].p50:.2f} ms | |",
         f"| of which: TorchServe's frontend alone (`GET /ping`, no worker) | p50 {latency['ping'].p50:.2f} ms | |",
