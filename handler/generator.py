@@ -13,6 +13,9 @@ from torch import nn
 
 MLP_HIDDEN = 200  # the tutorial's hidden layer width
 IMAGE_SHAPE = (1, 28, 28)
+# The ONNX export that scripts/archive.py packs into the .mar and the handler runs on a CPU.
+ONNX_FILE = "generator.onnx"
+ONNX_INPUTS = ("noise", "labels")  # forward's arguments; an unconditional generator has no labels
 
 
 class Generator(nn.Module):
@@ -97,3 +100,8 @@ def sample_latent(
     else:
         labels = torch.full((count,), digit, dtype=torch.long)
     return noise, labels
+
+
+def onnx_feeds(noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
+    """forward's (CPU) arguments as the ONNX export's named inputs."""
+    return {name: tensor.numpy() for name, tensor in zip(ONNX_INPUTS, (noise, labels)) if tensor is not None}

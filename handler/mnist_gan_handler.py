@@ -15,14 +15,13 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-from generator import Generator, sample_latent
+from generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
 from request_contract import (DECIMALS, V2_OUTPUT, BadRequest, GenerationRequest, error_body, guard_kservev2_envelope,
                               is_v2_inputs, parse_request, parse_v2_request)
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "generator.json"
-ONNX_FILE = "generator.onnx"  # the same generator exported by scripts/archive.py
 RUNTIMES = ("onnxruntime", "torch")
 
 
@@ -129,8 +128,7 @@ class DigitGANHandler(BaseHandler):
         # per-call overhead, paid with cold caches (measured).
         noise, labels = sample_latent(self.model, request.count, self.rng.manual_seed(request.seed), request.digit)
         if self.session is not None:
-            feeds = {"noise": noise.numpy()} if labels is None else {"noise": noise.numpy(), "labels": labels.numpy()}
-            images = self.session.run(None, feeds)[0]
+            images = self.session.run(None, onnx_feeds(noise, labels))[0]
         else:
             labels = None if labels is None else labels.to(self.device)
             images = self.model(noise.to(self.device), labels).cpu().numpy()

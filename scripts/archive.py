@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from handler.generator import Generator, sample_latent
+from handler.generator import ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
 from train.artifacts import atomic_path, load_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_DIR = ROOT / "handler"
 MODEL_NAME = "mnist_gan"
-ONNX_FILE = "generator.onnx"  # the name the handler loads (mnist_gan_handler.ONNX_FILE)
 # ONNX Runtime's kernels sum in another order than PyTorch's: measured up to 1e-6 apart on the
 # trained generator. Anything far beyond that means the export went wrong.
 EXPORT_TOLERANCE = 1e-4
@@ -42,16 +41,15 @@ def export_onnx(model: Generator, path: Path) -> None:
     with warnings.catch_warnings(), redirect_stdout(StringIO()):  # the exporter narrates every step
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, inputs, dynamo=True, dynamic_shapes=[{0: batch}] * len(inputs),
-                                    input_names=["noise", "labels"][:len(inputs)], output_names=["images"])
+                                    input_names=list(ONNX_INPUTS[:len(inputs)]), output_names=["images"])
     with atomic_path(path) as tmp:
         program.save(str(tmp))
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         for count in (1, 64):
             noise, labels = sample_latent(model, count, torch.Generator().manual_seed(count))
-            feeds = {"noise": noise.numpy()} | ({} if labels is None else {"labels": labels.numpy()})
             with torch.inference_mode():
                 expected = model(noise, labels).numpy()
-            error = float(np.abs(session.run(None, feeds)[0] - expected).max())
+            error = float(np.abs(session.run(None, onnx_feeds(noise, labels))[0] - expected).max())
             if not error <= EXPORT_TOLERANCE:
                 raise ValueError(f"the ONNX export of the generator is off by {error:.2g} at count={count}")
 

@@ -33,6 +33,7 @@ import torch
 from scripts.archive import HANDLER_DIR, build_archive
 from scripts.local_handler import MODEL_DIR_FILES, LocalHandler, model_dir_from
 from scripts.server import MODEL_NAME, TorchServe, free_ports
+from handler.generator import onnx_feeds
 from train.artifacts import load_generator
 
 JSON = "application/json"
@@ -112,7 +113,7 @@ def bare_forward_steps(run_dir: Path, local: LocalHandler) -> dict[str, Callable
     model, _ = load_generator(run_dir / "generator.pt", run_dir / "generator.json")
     noise = torch.randn(64, model.latent_dim)
     labels = torch.arange(64) % model.num_classes if model.num_classes else None
-    feeds = {"noise": noise.numpy()} | ({} if labels is None else {"labels": labels.numpy()})
+    feeds = onnx_feeds(noise, labels)
 
     def onnx_step() -> int:
         local.handler.session.run(None, feeds)

@@ -12,8 +12,7 @@ import numpy as np
 import onnxruntime
 
 import scripts.archive
-from handler.generator import Generator, sample_latent
-from handler.mnist_gan_handler import ONNX_FILE
+from handler.generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
 from scripts.archive import build_archive
 from train.artifacts import load_generator
 
@@ -40,7 +39,7 @@ def test_archive_packs_an_onnx_export_that_draws_the_generators_images(tiny_run,
         noise, labels = sample_latent(model, count, torch.Generator().manual_seed(count))
         with torch.inference_mode():
             expected = model(noise, labels).numpy()
-        images = session.run(None, {"noise": noise.numpy(), "labels": labels.numpy()})[0]
+        images = session.run(None, onnx_feeds(noise, labels))[0]
         assert images.shape == (count, 1, 28, 28)
         assert np.abs(images - expected).max() < 1e-5
 
