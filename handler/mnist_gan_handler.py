@@ -1,4 +1,4 @@
-"""TorchServe handler: a JSON request in, generated 28x28 digits out as compact JSON.
+"""TorchServe handler: a JSON request in, generated 28x28 digits out as compact JSON or a PNG.
 
 The request contract (fields, limits, error messages) lives in request_contract.py;
 TorchServe requires this file to define exactly one class, the handler.
@@ -6,18 +6,18 @@ TorchServe requires this file to define exactly one class, the handler.
 import json
 import logging
 import os
+from http import HTTPStatus
 from typing import Any, Optional, Union
 
 import numpy as np
 import onnxruntime
-import orjson
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
 from generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
-from request_contract import (DECIMALS, V2_OUTPUT, BadRequest, GenerationRequest, error_body, guard_kservev2_envelope,
-                              is_v2_inputs, parse_request, parse_v2_request)
+from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, encode_answer, error_body,
+                              guard_kservev2_envelope, is_v2_inputs, parse_request, parse_v2_request)
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +104,24 @@ class DigitGANHandler(BaseHandler):
             logger.info("handling a batch of %d requests", len(data))
         requests = []
         for idx, row in enumerate(data):
+            headers = self.context.request_processor[idx].get_request_properties()
             try:
-                requests.append(parse_request(row, self._content_type(idx), self.model.num_classes))
+                requests.append(parse_request(row, self._content_type(headers), self._header(headers, "accept"),
+                                              self.model.num_classes))
             except BadRequest as error:
                 requests.append(error)
         return requests
 
-    def _content_type(self, idx: int) -> Optional[str]:
-        properties = self.context.request_processor[idx].get_request_properties()
-        body = properties.get("body")
+    @staticmethod
+    def _header(headers: dict, name: str) -> Optional[str]:
+        """A request header as the client sent it (clients differ in the case of header names)."""
+        return next((v for k, v in headers.items() if k.lower() == name and isinstance(v, str)), None)
+
+    def _content_type(self, headers: dict) -> Optional[str]:
+        body = headers.get("body")  # the worker's per-parameter entry: {"content-type": ...}
         if isinstance(body, dict) and body.get("content-type"):
             return body["content-type"]
-        return next((v for k, v in properties.items() if k.lower() == "content-type"), None)
+        return self._header(headers, "content-type")
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest) -> np.ndarray:
@@ -134,21 +140,24 @@ class DigitGANHandler(BaseHandler):
             images = self.model(noise.to(self.device), labels).cpu().numpy()
         return images.reshape(-1, 28, 28).round(DECIMALS)
 
-    def inference(self, requests: list) -> list[Union[np.ndarray, BadRequest]]:
-        return [r if isinstance(r, BadRequest) else self.generate(r) for r in requests]
+    def inference(self, requests: list) -> list[Union[tuple[np.ndarray, str], BadRequest]]:
+        return [r if isinstance(r, BadRequest) else (self.generate(r), r.answer_type) for r in requests]
 
     def postprocess(self, outputs: list) -> list:
         if self.v2:  # the envelope writes the v2 response; it names outputs after context.input_names
             if isinstance(outputs[0], BadRequest):
                 raise PredictionException(str(outputs[0]), 400)
             self.context.input_names = [V2_OUTPUT]
-            return [outputs[0].astype(np.float64).round(DECIMALS)]  # see request_contract: why FP64
+            images, _ = outputs[0]
+            return [images.astype(np.float64).round(DECIMALS)]  # see request_contract: why FP64
         responses = []
-        for idx, output in enumerate(outputs):
-            self.context.set_response_content_type(idx, "application/json")
+        for idx, output in enumerate(outputs):  # each request gets its own status and format
             if isinstance(output, BadRequest):
-                self.context.set_response_status(400, "Bad Request", idx)
-                responses.append(error_body(str(output)))
+                self.context.set_response_status(output.status, HTTPStatus(output.status).phrase, idx)
+                self.context.set_response_content_type(idx, JSON_TYPE)
+                responses.append(error_body(str(output), output.status))
             else:
-                responses.append(orjson.dumps({"images": output}, option=orjson.OPT_SERIALIZE_NUMPY))
+                images, answer_type = output
+                self.context.set_response_content_type(idx, answer_type)
+                responses.append(encode_answer(images, answer_type))
         return responses

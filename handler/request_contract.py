@@ -1,10 +1,16 @@
-"""The served API: what a request may contain, its limits, and the errors it gets.
+"""The served API: what a request may contain, its limits, the errors it gets, and the answer's formats.
 
 Request body (Content-Type: application/json), every field optional:
     {"count": 1..256, "seed": 0..2**63-1, "digit": 0..9}
-Response: {"images": [count x 28 x 28 floats in [0, 1], rounded to 4 decimals]}
-Anything else answers 400 with {"error": "...", "code": 400}, per request: a bad request
-never fails the good ones TorchServe batched with it.
+Answer, by the request's Accept header (content negotiation, q-values honoured):
+    application/json (the default, also for no Accept and */*):
+        {"images": [count x 28 x 28 floats in [0, 1], rounded to 4 decimals]}
+    image/png: the digits as one 8-bit grayscale PNG, white on black as in MNIST: count=1 is the 28x28
+        digit, more are a grid of ceil(sqrt(count)) columns with a 2-pixel gray gap; each pixel is
+        round(255 x value) of the JSON answer's value, so a seed gives byte-identical PNGs.
+Anything else answers 400 with {"error": "...", "code": 400}, per request: a bad request never
+fails the good ones TorchServe batched with it. An Accept that allows neither format answers 406
+with the same JSON error body. Errors are always JSON, whatever Accept asked for.
 
 Open Inference Protocol (KServe v2), when TorchServe runs with service_envelope=kservev2
 (TS_SERVICE_ENVELOPE=kservev2), e.g. POST /v2/models/mnist_gan/infer:
@@ -20,16 +26,24 @@ each (count=256 would pass max_response_size); as doubles they print as the plai
 A bad request answers 400 {"code": 400, "type": "InternalServerException", "message": "..."}
 (TorchServe's frontend writes that body; the type name is its own).
 """
+import io
+import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+import numpy as np
 import orjson
+from PIL import Image
 
 MAX_COUNT = 256
 MAX_SEED = 2**63 - 1
 DECIMALS = 4  # 1e-4 steps are finer than MNIST's 8-bit pixels and halve the JSON
-JSON_TYPES = ("application/json",)
+JSON_TYPE, PNG_TYPE = "application/json", "image/png"
+ANSWER_TYPES = (JSON_TYPE, PNG_TYPE)  # on equal preference the first wins: JSON stays the default
+PNG_GAP, PNG_GAP_LEVEL = 2, 128  # pixels between digits in a PNG grid, and their gray (tiles stay apart)
+# What common clients send a body as when no Content-Type is given, so the error can name the fix.
+CLIENT_DEFAULTS = {"application/x-www-form-urlencoded": "curl -d sends that", "multipart/form-data": "curl -F sends that"}
 
 
 @dataclass(frozen=True)
@@ -37,10 +51,19 @@ class GenerationRequest:
     count: int
     seed: int
     digit: Optional[int]
+    answer_type: str = JSON_TYPE  # what the answer's Content-Type will be: one of ANSWER_TYPES
 
 
 class BadRequest(ValueError):
-    """A client error: its message goes back to the client with a 400."""
+    """A client error: its message goes back to the client as JSON with this status."""
+
+    status = 400
+
+
+class NotAcceptable(BadRequest):
+    """The Accept header allows none of ANSWER_TYPES."""
+
+    status = 406
 
 
 def _integer(body: dict, name: str, low: int, high: int, default: Optional[int]) -> Optional[int]:
@@ -56,13 +79,15 @@ def _integer(body: dict, name: str, low: int, high: int, default: Optional[int])
     return value
 
 
-def _decode_body(value: Any, content_type: Optional[str]) -> Any:
+def _check_content_type(content_type: Optional[str]) -> None:
     media_type = (content_type or "").split(";")[0].strip().lower()
-    if media_type not in JSON_TYPES:
-        raise BadRequest(
-            f"Content-Type must be application/json, got {content_type or 'none'}; "
-            "send a JSON object such as {\"count\": 4}"
-        )
+    if media_type != JSON_TYPE:
+        why = CLIENT_DEFAULTS.get(media_type, "send a JSON object such as {\"count\": 4}")
+        raise BadRequest(f"Content-Type must be application/json, got {media_type or 'none'} "
+                         f"({why}; add -H 'Content-Type: application/json')")
+
+
+def _decode_body(value: Any) -> Any:
     if not isinstance(value, (bytes, bytearray)):
         return value  # TorchServe's worker already parsed the JSON
     try:
@@ -77,17 +102,80 @@ def _decode_body(value: Any, content_type: Optional[str]) -> Any:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
-def parse_request(row: dict, content_type: Optional[str], num_classes: int) -> GenerationRequest:
-    """Validates one request's TorchServe input row; raises BadRequest saying what is wrong."""
-    extra = sorted(set(row) - {"body"})
-    if extra:  # query-string parameters arrive as extra rows
-        raise BadRequest(f"unexpected request parameter(s): {', '.join(map(repr, extra))}; put fields in the JSON body")
+def parse_request(row: dict, content_type: Optional[str], accept: Optional[str], num_classes: int) -> GenerationRequest:
+    """Validates one request's TorchServe input row and headers; raises BadRequest saying what is wrong.
+
+    The Content-Type comes first: TorchServe's frontend turns a form-encoded body into form fields,
+    so without it the real mistake would read as a missing body. Accept comes last: a bad field
+    is the more useful answer.
+    """
+    _check_content_type(content_type)
     if "body" not in row:
         raise BadRequest("the request has no body: send a JSON object such as {\"count\": 4}")
-    body = _decode_body(row["body"], content_type)
+    body = _decode_body(row["body"])
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__ if body is not None else 'null'}")
-    return _generation_request(body, num_classes)
+    return replace(_generation_request(body, num_classes), answer_type=answer_type(accept))
+
+
+def _accepted_quality(offer: str, ranges: list[tuple[str, float]]) -> float:
+    """The q of the most specific media range that matches `offer` (RFC 9110 12.5.1); 0 if none does."""
+    kind = offer.split("/")[0] + "/*"
+    best = (-1, 0.0)
+    for media_range, q in ranges:
+        specificity = {offer: 2, kind: 1, "*/*": 0}.get(media_range, -1)
+        if specificity > best[0]:
+            best = (specificity, q)
+    return best[1]
+
+
+def answer_type(accept: Optional[str]) -> str:
+    """The answer's media type for an Accept header: the acceptable one of ANSWER_TYPES with the highest
+    q (JSON on a tie, and without Accept); NotAcceptable if it allows neither."""
+    if not accept or not accept.strip():
+        return JSON_TYPE
+    ranges = []
+    for item in accept.split(","):
+        media_range, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0  # a malformed weight accepts nothing rather than everything
+        if media_range:
+            ranges.append((media_range.lower(), q))
+    qualities = [_accepted_quality(offer, ranges) for offer in ANSWER_TYPES]
+    if max(qualities) <= 0:
+        raise NotAcceptable(f"Accept allows neither {' nor '.join(ANSWER_TYPES)} (got {accept!r}); "
+                            f"ask for one of them, or send no Accept header for JSON")
+    return ANSWER_TYPES[qualities.index(max(qualities))]
+
+
+def png_grid(images: np.ndarray) -> bytes:
+    """count x 28 x 28 values in [0, 1] as one grayscale PNG: the digit alone, or a grid of
+    ceil(sqrt(count)) columns with a PNG_GAP-pixel gap (white digits on black, as in MNIST)."""
+    count, height, width = images.shape
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    # In float64 from the 4-decimal values, as a client computes it from the JSON answer.
+    pixels = np.rint(255 * images.astype(np.float64).round(DECIMALS)).astype(np.uint8)
+    grid = np.full((rows * (height + PNG_GAP) - PNG_GAP, columns * (width + PNG_GAP) - PNG_GAP), PNG_GAP_LEVEL, np.uint8)
+    for index, digit in enumerate(pixels):
+        top, left = (index // columns) * (height + PNG_GAP), (index % columns) * (width + PNG_GAP)
+        grid[top:top + height, left:left + width] = digit
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_answer(images: np.ndarray, media_type: str) -> bytes:
+    """The 200 answer's body: count x 28 x 28 images (already rounded to DECIMALS) as `media_type`."""
+    if media_type == PNG_TYPE:
+        return png_grid(images)
+    return orjson.dumps({"images": images}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _generation_request(body: dict, num_classes: int) -> GenerationRequest:

@@ -1,72 +1,150 @@
-"""The handler in-process, called the way TorchServe's worker calls it: used by the unit tests
-and by the benchmark's in-process measurement (no server, no HTTP)."""
+"""The handler in-process, loaded and called by TorchServe's own worker code: used by the unit tests
+and by the benchmark's in-process measurement (no server, no HTTP).
+
+A request travels as it does inside a real worker: encoded in the frontend's binary frame, decoded by
+`ts.protocol.otf_message_handler`, handed to the handler by `ts.service.Service.predict` (which also
+turns exceptions into 503s and checks the batch size), and encoded back into the worker's reply
+frame. Only the Java frontend is stood in for: `frontend_frame` writes what it would send (the body
+as one "body" parameter whose content type is the header's media type, and every header).
+"""
+import io
 import shutil
+import struct
 import sys
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import orjson
-from ts.context import Context, RequestProcessor
+import yaml
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.model_loader import TsModelLoader
+from ts.protocol import otf_message_handler
 
-from scripts.archive import HANDLER_DIR, ONNX_FILE, export_onnx
-from train.artifacts import load_generator
-
-MODEL_DIR_FILES = ("generator.py", "mnist_gan_handler.py", "request_contract.py")
-
-
-def model_dir_from(run_dir: Path, target: Path) -> Path:
-    """Lays out a model directory the way TorchServe unpacks a .mar."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("generator.pt", "generator.json"):
-        shutil.copy(Path(run_dir) / name, target / name)
-    for name in MODEL_DIR_FILES:
-        shutil.copy(HANDLER_DIR / name, target / name)
-    export_onnx(load_generator(target / "generator.pt", target / "generator.json")[0], target / ONNX_FILE)
-    return target
+JSON = "application/json"
 
 
-def make_context(model_dir: Path, batch_size: int = 8, model_yaml_config: Optional[dict] = None) -> Context:
-    import ts
+def unpack_archive(mar: Path, target: Path, model_yaml_config: Optional[dict] = None) -> Path:
+    """Extracts a .mar as TorchServe does; `model_yaml_config` is merged into its model-config.yaml."""
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(target)
+    return _merge_model_config(target, model_yaml_config)
 
-    metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
-    metrics.initialize_cache()
-    metrics.model_name = "mnist_gan"  # as TorchServe's worker sets it
-    manifest = {"model": {"modelName": "mnist_gan", "serializedFile": "generator.pt",
-                          "modelFile": "generator.py", "handler": "mnist_gan_handler.py"}}
-    return Context("mnist_gan", str(model_dir), manifest, batch_size, None, "0.12.0", metrics=metrics,
-                   model_yaml_config=model_yaml_config or {})
+
+def copy_model_dir(model_dir: Path, target: Path, model_yaml_config: Optional[dict] = None) -> Path:
+    """Another model directory with the same files, its model config merged with `model_yaml_config`."""
+    shutil.copytree(model_dir, target)
+    return _merge_model_config(target, model_yaml_config)
+
+
+def _merge_model_config(model_dir: Path, changes: Optional[dict]) -> Path:
+    if changes:
+        path = model_dir / "model-config.yaml"
+        config = yaml.safe_load(path.read_text()) or {}
+        for key, value in changes.items():
+            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        path.write_text(yaml.safe_dump(config))
+    return model_dir
+
+
+def _string(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return struct.pack("!i", len(data)) + data
+
+
+def frontend_frame(requests: list[tuple[bytes, dict[str, str]]]) -> bytes:
+    """A batch of (body, headers) as TorchServe's frontend sends it to a worker (after the command byte)."""
+    frame = b""
+    for idx, (body, headers) in enumerate(requests):
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        frame += _string(f"req-{idx}")
+        for name, value in headers.items():
+            frame += _string(name) + _string(value)
+        frame += struct.pack("!i", -1)
+        media_type = content_type.split(";")[0].strip().lower()  # the frontend drops parameters
+        frame += _string("body") + _string(media_type) + _string(body) + struct.pack("!i", -1)
+    return frame + struct.pack("!i", -1)
+
+
+class Reply(NamedTuple):
+    status: int
+    content_type: Optional[str]
+    body: bytes
+
+    def json(self):
+        return orjson.loads(self.body)
+
+
+def _read_reply(frame: bytes) -> list[Reply]:
+    """The worker's reply frame (ts.protocol.otf_message_handler.create_predict_response), as the frontend reads it."""
+    reader = io.BytesIO(frame)
+
+    def integer() -> int:
+        return struct.unpack("!i", reader.read(4))[0]
+
+    def string() -> bytes:
+        return reader.read(integer())
+
+    code, message = integer(), string()
+    replies = []
+    while (length := integer()) != -1:
+        reader.read(length)  # the request id
+        content_type = string().decode() or None
+        status = integer()
+        string()  # the reason phrase
+        for _ in range(integer()):  # response headers
+            string(), string()
+        body = string()
+        replies.append(Reply(status if code == 200 else code, content_type, body if code == 200 else message))
+    return replies
+
+
+class _Socket:
+    """What otf_message_handler reads from: recv(n)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.reader = io.BytesIO(data)
+
+    def recv(self, length: int) -> bytes:
+        return self.reader.read(length)
 
 
 class LocalHandler:
-    """initialize() once, then handle() batches of rows plus their per-request headers."""
+    """A model directory loaded as TorchServe's worker loads it; `batch` sends requests through it."""
 
-    def __init__(self, model_dir: Path, model_yaml_config: Optional[dict] = None) -> None:
+    def __init__(self, model_dir: Path, batch_size: int = 8) -> None:
+        import ts
+
         if str(model_dir) not in sys.path:
             sys.path.insert(0, str(model_dir))  # TorchServe puts the model dir on the path too
-        from mnist_gan_handler import DigitGANHandler
+        metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+        metrics.initialize_cache()
+        metrics.model_name = "mnist_gan"
+        manifest = orjson.loads((Path(model_dir) / "MAR-INF" / "MANIFEST.json").read_bytes())
+        self.service = TsModelLoader().load(manifest["model"]["modelName"], str(model_dir),
+                                            manifest["model"]["handler"], None, batch_size, None, True, metrics)
+        self.service.set_cl_socket(None)
+        self.context = self.service.context
+        self.handler = self.service._entry_point.__self__  # the loader hands over the bound handle()
 
-        self.context = make_context(model_dir, model_yaml_config=model_yaml_config)
-        self.handler = DigitGANHandler()
-        self.handler.initialize(self.context)
+    def batch(self, requests: list[tuple[bytes, dict[str, str]]]) -> list[Reply]:
+        """(raw body, headers) per request, handled as one TorchServe batch: a Reply per request."""
+        batch = otf_message_handler._retrieve_inference_msg(_Socket(frontend_frame(requests)))
+        replies = _read_reply(bytes(self.service.predict(batch)))
+        assert len(replies) == len(requests)
+        return replies
 
-    def handle_raw(self, rows: list[dict], content_types: list[Optional[str]]) -> list[bytes]:
-        self.context.request_processor = [RequestProcessor({"body": {"content-type": ct}} if ct else {})
-                                          for ct in content_types]
-        self.context.request_ids = {i: f"req-{i}" for i in range(len(rows))}
-        self.context.metrics.request_ids = self.context.request_ids  # as TorchServe's service.predict does
-        return self.handler.handle(rows, self.context)
+    def request(self, body: bytes, content_type: Optional[str] = JSON, accept: Optional[str] = None) -> Reply:
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if accept is not None:
+            headers["Accept"] = accept
+        return self.batch([(body, headers)])[0]
 
-    def batch(self, rows: list[dict], content_types: list[Optional[str]]) -> list[tuple[int, dict]]:
-        """(status, parsed JSON body) per request."""
-        outputs = self.handle_raw(rows, content_types)
-        assert len(outputs) == len(rows)
-        results = []
-        for idx, body in enumerate(outputs):
-            assert self.context.get_response_content_type(idx) == "application/json"
-            results.append((self.context.get_response_status(idx)[0], orjson.loads(body)))
-        return results
-
-    def post(self, body, content_type: Optional[str] = "application/json") -> tuple[int, dict]:
-        """One request; `body` is what TorchServe's worker hands over (parsed JSON or raw bytes)."""
-        return self.batch([{"body": body}], [content_type])[0]
+    def post(self, fields, content_type: Optional[str] = JSON, accept: Optional[str] = None) -> tuple[int, dict]:
+        """One request (`fields` as JSON, or raw bytes): (status, the parsed JSON answer)."""
+        body = fields if isinstance(fields, (bytes, bytearray)) else orjson.dumps(fields)
+        reply = self.request(bytes(body), content_type, accept)
+        assert reply.content_type == JSON, reply
+        return reply.status, reply.json()

@@ -2,9 +2,8 @@
 
 Each bad case: (id, raw body bytes, Content-Type header or None, text the 400 message must contain).
 """
-import json
-
 JSON = "application/json"
+PNG = "image/png"
 
 BAD_REQUESTS = [
     ("malformed-json", b'{"count": 2', JSON, "not valid JSON"),
@@ -33,19 +32,58 @@ BAD_REQUESTS = [
     ("seed-float", b'{"seed": 1.5}', JSON, "'seed'"),
     ("seed-bool", b'{"seed": false}', JSON, "got bool"),
     ("seed-string", b'{"seed": "7"}', JSON, "got str"),
+    ("seed-null", b'{"seed": null}', JSON, "'seed' must be an integer from 0 to 9223372036854775807, got null"),
+    ("seed-list", b'{"seed": [7]}', JSON, "'seed' must be an integer from 0 to 9223372036854775807, got list"),
+    ("seed-true", b'{"seed": true}', JSON, "'seed' must be an integer from 0 to 9223372036854775807, got bool"),
     ("digit-ten", b'{"digit": 10}', JSON, "'digit' must be an integer from 0 to 9, got 10"),
-    ("digit-negative", b'{"digit": -1}', JSON, "'digit'"),
-    ("digit-string", b'{"digit": "3"}', JSON, "got str"),
+    ("digit-negative", b'{"digit": -1}', JSON, "'digit' must be an integer from 0 to 9, got -1"),
+    ("digit-string", b'{"digit": "3"}', JSON, "'digit' must be an integer from 0 to 9, got str"),
+    ("digit-null", b'{"digit": null}', JSON, "'digit' must be an integer from 0 to 9, got null"),
+    ("digit-bool", b'{"digit": true}', JSON, "'digit' must be an integer from 0 to 9, got bool"),
+    ("digit-float", b'{"digit": 3.0}', JSON, "'digit' must be an integer from 0 to 9, got float"),
+    ("digit-list", b'{"digit": [3]}', JSON, "'digit' must be an integer from 0 to 9, got list"),
     ("unknown-field", b'{"cuont": 2}', JSON, "unknown field(s) 'cuont'"),
     ("unknown-and-good", b'{"count": 2, "size": 28}', JSON, "'size'"),
     ("nested-object", b'{"count": {"value": 2}}', JSON, "got dict"),
     ("deeply-nested", b'{"count": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON, "not valid JSON"),
     ("deeply-nested-unclosed", b"[" * 20000, JSON, "not valid JSON"),
     ("invalid-utf8", b'{"count": "\xff\xfe"}', JSON, "UTF-8"),
-    ("text-plain", b'{"count": 2}', "text/plain", "Content-Type must be application/json"),
-    ("no-content-type", b'{"count": 2}', None, "Content-Type must be application/json"),
-    ("octet-stream", b'{"count": 2}', "application/octet-stream", "Content-Type must be application/json"),
-    ("xml", b"<count>2</count>", "application/xml", "Content-Type must be application/json"),
+    ("text-plain", b'{"count": 2}', "text/plain", "Content-Type must be application/json, got text/plain"),
+    ("no-content-type", b'{"count": 2}', None, "Content-Type must be application/json, got none"),
+    ("octet-stream", b'{"count": 2}', "application/octet-stream", "got application/octet-stream"),
+    ("xml", b"<count>2</count>", "application/xml", "Content-Type must be application/json, got application/xml"),
+    # What curl -d sends without -H 'Content-Type: application/json' (TorchServe turns it into form fields).
+    ("form-urlencoded", b'{"count": 2}', "application/x-www-form-urlencoded",
+     "Content-Type must be application/json, got application/x-www-form-urlencoded (curl -d sends that; "
+     "add -H 'Content-Type: application/json')"),
+]
+
+# What curl -F count=2 sends: (raw body, Content-Type header).
+MULTIPART = (b'--XyZ\r\nContent-Disposition: form-data; name="count"\r\n\r\n2\r\n--XyZ--\r\n',
+             "multipart/form-data; boundary=XyZ")
+MULTIPART_MESSAGE = ("Content-Type must be application/json, got multipart/form-data (curl -F sends that; "
+                     "add -H 'Content-Type: application/json')")
+
+# Accept header -> the answer's Content-Type (None: 406 Not Acceptable).
+NEGOTIATION = [
+    (None, JSON),
+    ("", JSON),
+    ("*/*", JSON),
+    ("application/json", JSON),
+    ("image/png", PNG),
+    ("IMAGE/PNG", PNG),
+    ("image/*", PNG),
+    ("application/*", JSON),
+    ("image/png;q=0.9, application/json", JSON),
+    ("image/png, application/json;q=0.5", PNG),
+    ("image/png;q=0.5, */*;q=0.1", PNG),
+    ("application/json;q=0, */*", PNG),
+    ("image/png, application/json", JSON),  # a tie: JSON, the default
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", JSON),  # a browser
+    ("text/html", None),
+    ("image/jpeg, text/*", None),
+    ("image/png;q=0, application/json;q=0", None),
+    ("image/png;q=0, application/*;q=0", None),
 ]
 
 GOOD_REQUESTS = [
@@ -56,17 +94,3 @@ GOOD_REQUESTS = [
     ({"count": 256}, 256),
 ]
 
-
-def worker_decode(raw: bytes, content_type: str | None):
-    """What TorchServe 0.12's Python worker hands the handler (ts/protocol/otf_message_handler.py)."""
-    if content_type == "application/json":
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except Exception:
-            return bytearray(raw)
-    if content_type and content_type.startswith("text"):
-        try:
-            return raw.decode("utf-8")
-        except Exception:
-            return bytearray(raw)
-    return bytearray(raw)

@@ -1,10 +1,12 @@
-"""Shared fixtures: MNIST location, one tiny real training run, a handler with a hand-made context."""
+"""Shared fixtures: MNIST location, tiny real training runs, their real archives (built once per
+session), and the handler loaded from an unpacked archive by TorchServe's own worker code."""
 import os
 from pathlib import Path
 
 import pytest
 
-from scripts.local_handler import LocalHandler, model_dir_from
+from scripts.archive import build_archive
+from scripts.local_handler import LocalHandler, unpack_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,10 +44,31 @@ def tiny_tutorial_run(tmp_path_factory, data_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def handler_client(tiny_run, tmp_path_factory) -> LocalHandler:
-    return LocalHandler(model_dir_from(tiny_run, tmp_path_factory.mktemp("model_dir")))
+def tiny_store(tiny_run, tmp_path_factory) -> Path:
+    """A model store holding the tiny run's real archive (mnist_gan.mar, with its ONNX export)."""
+    store = tmp_path_factory.mktemp("tiny_store")
+    build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
+    return store
 
 
 @pytest.fixture(scope="session")
-def tutorial_handler_client(tiny_tutorial_run, tmp_path_factory) -> LocalHandler:
-    return LocalHandler(model_dir_from(tiny_tutorial_run, tmp_path_factory.mktemp("tutorial_model_dir")))
+def tiny_model_dir(tiny_store, tmp_path_factory) -> Path:
+    """The tiny run's archive unpacked, as TorchServe unpacks it for a worker."""
+    return unpack_archive(tiny_store / "mnist_gan.mar", tmp_path_factory.mktemp("model_dir"))
+
+
+@pytest.fixture(scope="session")
+def tutorial_model_dir(tiny_tutorial_run, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("tutorial_store")
+    build_archive(tiny_tutorial_run / "generator.pt", tiny_tutorial_run / "generator.json", store)
+    return unpack_archive(store / "mnist_gan.mar", tmp_path_factory.mktemp("tutorial_model_dir"))
+
+
+@pytest.fixture(scope="session")
+def handler_client(tiny_model_dir) -> LocalHandler:
+    return LocalHandler(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tutorial_handler_client(tutorial_model_dir) -> LocalHandler:
+    return LocalHandler(tutorial_model_dir)

@@ -1,15 +1,19 @@
-"""The handler in-process, called as TorchServe's worker calls it (no server)."""
+"""The handler in-process, loaded from the real archive and called by TorchServe's own worker code (no server)."""
 import ast
+import io
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from cases import BAD_REQUESTS, GOOD_REQUESTS, JSON, worker_decode
+from cases import BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSAGE, NEGOTIATION, PNG
 from mnist_gan_handler import ONNX_FILE, set_request_logs
-from scripts.local_handler import LocalHandler, model_dir_from
+from request_contract import NotAcceptable, answer_type
+from scripts.local_handler import LocalHandler, copy_model_dir
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 
@@ -17,6 +21,19 @@ HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 def images_of(body: dict) -> np.ndarray:
     assert set(body) == {"images"}
     return np.asarray(body["images"], dtype=np.float64)
+
+
+def generators_images(model, count: int, seed: int, digit=None) -> np.ndarray:
+    """What the generator itself draws for a request (the handler's noise recipe), unrounded."""
+    from generator import sample_latent
+
+    noise, labels = sample_latent(model, count, torch.Generator().manual_seed(seed), digit)
+    with torch.inference_mode():
+        return model(noise, labels)[:, 0].numpy().astype(np.float64)
+
+
+# ONNX Runtime's kernels may differ from PyTorch's by 1e-6; the answer is rounded to 4 decimals.
+RUNTIME_AND_ROUNDING = 5e-5 + 2e-6
 
 
 @pytest.mark.parametrize("fields,count", GOOD_REQUESTS)
@@ -31,7 +48,7 @@ def test_good_requests_return_count_images_in_unit_range(handler_client, fields,
 
 @pytest.mark.parametrize("case_id,raw,content_type,message", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_requests_get_400_with_a_message(handler_client, case_id, raw, content_type, message):
-    code, body = handler_client.post(worker_decode(raw, content_type), content_type)
+    code, body = handler_client.post(raw, content_type)
     assert code == 400, body
     assert body["code"] == 400
     assert message in body["error"]
@@ -47,42 +64,112 @@ def test_same_seed_same_images_and_no_seed_differs(handler_client):
     assert not np.array_equal(*unseeded)
 
 
+def test_seeded_images_are_the_generators_own(handler_client):
+    model = handler_client.handler.model
+    for count, seed in ((1, 0), (5, 123), (3, 2**63 - 1)):
+        served = images_of(handler_client.post({"count": count, "seed": seed})[1])
+        assert np.abs(served - generators_images(model, count, seed)).max() <= RUNTIME_AND_ROUNDING
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_digit_d_is_the_generator_conditioned_on_label_d(handler_client, digit):
+    # A mapping shifted by one (or any other) would match another label's images instead.
+    model = handler_client.handler.model
+    served = images_of(handler_client.post({"count": 3, "seed": 31, "digit": digit})[1])
+    distance = {label: np.abs(served - generators_images(model, 3, 31, label)).max() for label in range(10)}
+    assert distance[digit] <= RUNTIME_AND_ROUNDING
+    assert min(d for label, d in distance.items() if label != digit) > 1e-3
+
+
 def test_seed_is_independent_of_what_is_batched_with_it(handler_client):
     alone = images_of(handler_client.post({"count": 3, "seed": 5, "digit": 7})[1])
-    batched = handler_client.batch(
-        [{"body": {"count": 64, "seed": 1}}, {"body": {"count": 3, "seed": 5, "digit": 7}}, {"body": {"count": 1}}],
-        [JSON] * 3,
-    )
-    assert [code for code, _ in batched] == [200, 200, 200]
-    assert np.array_equal(images_of(batched[1][1]), alone)
+    batched = handler_client.batch([(b'{"count": 64, "seed": 1}', {"Content-Type": JSON}),
+                                    (b'{"count": 3, "seed": 5, "digit": 7}', {"Content-Type": JSON}),
+                                    (b'{"count": 1}', {"Content-Type": JSON})])
+    assert [reply.status for reply in batched] == [200, 200, 200]
+    assert np.array_equal(images_of(batched[1].json()), alone)
 
 
 def test_a_bad_request_fails_alone_in_its_batch(handler_client):
-    results = handler_client.batch(
-        [{"body": {"count": 2}}, {"body": bytearray(b"{oops")}, {"body": {"count": "two"}}, {"body": {"count": 1}}],
-        [JSON, JSON, JSON, JSON],
-    )
-    assert [code for code, _ in results] == [200, 400, 400, 200]
-    assert images_of(results[0][1]).shape == (2, 28, 28)
-    assert images_of(results[3][1]).shape == (1, 28, 28)
-    assert "not valid JSON" in results[1][1]["error"]
+    replies = handler_client.batch([(b'{"count": 2}', {"Content-Type": JSON}), (b"{oops", {"Content-Type": JSON}),
+                                    (b'{"count": "two"}', {"Content-Type": JSON}), (b'{"count": 1}', {"Content-Type": JSON})])
+    assert [reply.status for reply in replies] == [200, 400, 400, 200]
+    assert images_of(replies[0].json()).shape == (2, 28, 28)
+    assert images_of(replies[3].json()).shape == (1, 28, 28)
+    assert "not valid JSON" in replies[1].json()["error"]
 
 
-def test_raw_bytes_with_charset_are_parsed(handler_client):
-    code, body = handler_client.post(bytearray(b'{"count": 2, "seed": 1}'), "application/json; charset=utf-8")
+def test_charset_parameter_and_header_case_are_accepted(handler_client):
+    code, body = handler_client.post(b'{"count": 2, "seed": 1}', "application/json; charset=utf-8")
     assert code == 200 and images_of(body).shape == (2, 28, 28)
+    (reply,) = handler_client.batch([(b'{"count": 1}', {"content-type": JSON, "accept": PNG})])  # lower-case names
+    assert reply.status == 200 and reply.content_type == PNG
 
 
-def test_query_parameters_are_not_silently_ignored(handler_client):
-    results = handler_client.batch([{"body": {"count": 1}, "count": b"3"}], [JSON])
-    assert results[0][0] == 400 and "'count'" in results[0][1]["error"]
+def test_multipart_body_gets_a_message_naming_its_content_type(handler_client):
+    code, body = handler_client.post(*MULTIPART)
+    assert code == 400 and MULTIPART_MESSAGE in body["error"]
 
 
-def test_digit_selects_the_conditioning_label(handler_client):
-    # Same seed and noise, different digit: only the label differs, so the images must too.
-    three = images_of(handler_client.post({"count": 2, "seed": 9, "digit": 3})[1])
-    eight = images_of(handler_client.post({"count": 2, "seed": 9, "digit": 8})[1])
-    assert not np.array_equal(three, eight)
+# --- content negotiation: Accept: image/png -------------------------------------------------------
+
+@pytest.mark.parametrize("accept,expected", NEGOTIATION)
+def test_accept_header_picks_the_answer_format(accept, expected):
+    if expected is None:
+        with pytest.raises(NotAcceptable, match="application/json nor image/png"):
+            answer_type(accept)
+    else:
+        assert answer_type(accept) == expected
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and image.mode == "L"
+    return np.asarray(image)
+
+
+def grid_size(count: int, gap: int = 2) -> tuple[int, int]:
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    return rows * 28 + (rows - 1) * gap, columns * 28 + (columns - 1) * gap
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 16, 256])
+def test_png_answer_is_the_json_answers_pixels_in_a_grid(handler_client, count):
+    request = b'{"count": %d, "seed": 8, "digit": 4}' % count
+    png = handler_client.request(request, accept=PNG)
+    assert png.status == 200 and png.content_type == PNG
+    pixels = decode_png(png.body)
+    assert pixels.shape == grid_size(count)
+    columns = math.ceil(math.sqrt(count))
+    expected = np.rint(255 * images_of(handler_client.request(request).json())).astype(np.uint8)
+    for index in range(count):
+        top, left = (index // columns) * 30, (index % columns) * 30
+        assert np.array_equal(pixels[top:top + 28, left:left + 28], expected[index]), index
+    assert handler_client.request(request, accept=PNG).body == png.body  # byte-identical for a seed
+
+
+def test_bad_fields_answer_400_json_even_when_png_is_asked_for(handler_client):
+    reply = handler_client.request(b'{"count": 0}', accept=PNG)
+    assert reply.status == 400 and reply.content_type == JSON
+    assert "'count' must be an integer" in reply.json()["error"]
+
+
+def test_unacceptable_accept_gets_406_json_naming_both_formats(handler_client):
+    reply = handler_client.request(b'{"count": 1}', accept="text/html")
+    assert reply.status == 406 and reply.content_type == JSON
+    assert reply.json() == {"code": 406, "error": reply.json()["error"]}
+    assert "application/json" in reply.json()["error"] and "image/png" in reply.json()["error"]
+
+
+def test_each_request_in_a_batch_gets_its_own_format_and_status(handler_client):
+    body = b'{"count": 4, "seed": 3}'
+    replies = handler_client.batch([(body, {"Content-Type": JSON, "Accept": PNG}), (body, {"Content-Type": JSON}),
+                                    (body, {"Content-Type": JSON, "Accept": "text/csv"}),
+                                    (b'{"count": -1}', {"Content-Type": JSON, "Accept": PNG})])
+    assert [(r.status, r.content_type) for r in replies] == [(200, PNG), (200, JSON), (406, JSON), (400, JSON)]
+    assert np.array_equal(decode_png(replies[0].body)[:28, :28],
+                          np.rint(255 * images_of(replies[1].json())[0]).astype(np.uint8))
 
 
 def test_unconditional_model_rejects_digit_and_serves_the_rest(tutorial_handler_client):
@@ -100,8 +187,8 @@ def test_torchserve_loadable_files_define_exactly_one_class(filename):
 
 
 @pytest.fixture(scope="module")
-def torch_runtime_client(tiny_run, tmp_path_factory) -> LocalHandler:
-    return LocalHandler(model_dir_from(tiny_run, tmp_path_factory.mktemp("torch_runtime")), {"handler": {"runtime": "torch"}})
+def torch_runtime_client(tiny_model_dir, tmp_path_factory) -> LocalHandler:
+    return LocalHandler(copy_model_dir(tiny_model_dir, tmp_path_factory.mktemp("torch") / "dir", {"handler": {"runtime": "torch"}}))
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
@@ -110,31 +197,26 @@ def test_images_are_the_generators_on_either_runtime(handler_client, torch_runti
     # On a CPU the handler runs the archive's ONNX export in ONNX Runtime (the default) or the state dict
     # in PyTorch: either way the images are the generator's own, to the contract's 4 decimals plus the
     # 1e-6 by which the two runtimes' kernels can differ, and a seed repeats them bit for bit.
-    from generator import sample_latent
-
     client = handler_client if runtime == "onnxruntime" else torch_runtime_client
     assert (client.handler.session is not None) == (runtime == "onnxruntime")
-    model = client.handler.model
-    noise, labels = sample_latent(model, count, torch.Generator().manual_seed(77))
-    with torch.inference_mode():
-        expected = model(noise, labels)[:, 0].numpy()
+    expected = generators_images(client.handler.model, count, 77)
     first = images_of(client.post({"count": count, "seed": 77})[1])
-    assert np.abs(first - expected).max() <= 5e-5 + 2e-6
+    assert np.abs(first - expected).max() <= RUNTIME_AND_ROUNDING
     assert np.array_equal(first, images_of(client.post({"count": count, "seed": 77})[1]))
 
 
-def test_the_runtimes_agree_on_the_unconditional_tutorial_generator(tutorial_handler_client, tiny_tutorial_run, tmp_path):
-    via_torch = LocalHandler(model_dir_from(tiny_tutorial_run, tmp_path), {"handler": {"runtime": "torch"}})
+def test_the_runtimes_agree_on_the_unconditional_tutorial_generator(tutorial_handler_client, tutorial_model_dir, tmp_path):
+    via_torch = LocalHandler(copy_model_dir(tutorial_model_dir, tmp_path / "dir", {"handler": {"runtime": "torch"}}))
     onnx_images = images_of(tutorial_handler_client.post({"count": 16, "seed": 3})[1])
     torch_images = images_of(via_torch.post({"count": 16, "seed": 3})[1])
     assert onnx_images.shape == (16, 28, 28)
     assert np.abs(onnx_images - torch_images).max() <= 1e-4 + 2e-6  # at most one rounding step apart
 
 
-def test_an_unknown_runtime_or_a_missing_export_refuses_to_load(tiny_run, tmp_path):
+def test_an_unknown_runtime_or_a_missing_export_refuses_to_load(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="runtime must be one of"):
-        LocalHandler(model_dir_from(tiny_run, tmp_path / "a"), {"handler": {"runtime": "tensorflow"}})
-    model_dir = model_dir_from(tiny_run, tmp_path / "b")
+        LocalHandler(copy_model_dir(tiny_model_dir, tmp_path / "a", {"handler": {"runtime": "tensorflow"}}))
+    model_dir = copy_model_dir(tiny_model_dir, tmp_path / "b")
     (model_dir / ONNX_FILE).unlink()  # an archive built before the ONNX export existed
     with pytest.raises(FileNotFoundError, match="make archive"):
         LocalHandler(model_dir)
@@ -149,12 +231,12 @@ def _per_request_records(client, caplog) -> list[str]:
             if "HandlerTime" in r.getMessage() or r.getMessage().startswith("Backend received inference")]
 
 
-def test_per_request_worker_logs_follow_the_model_config(handler_client, tiny_run, tmp_path, caplog):
+def test_per_request_worker_logs_follow_the_model_config(handler_client, tiny_model_dir, tmp_path, caplog):
     try:
-        verbose = LocalHandler(model_dir_from(tiny_run, tmp_path), {"handler": {"request_logs": True}})
+        verbose = LocalHandler(copy_model_dir(tiny_model_dir, tmp_path / "verbose", {"handler": {"request_logs": True}}))
         lines = _per_request_records(verbose, caplog)
         assert any("HandlerTime" in line for line in lines) and any("Backend" in line for line in lines)
-        quiet = LocalHandler(model_dir_from(tiny_run, tmp_path / "quiet"))  # the default: off
+        quiet = LocalHandler(copy_model_dir(tiny_model_dir, tmp_path / "quiet"))  # the default: off
         assert _per_request_records(quiet, caplog) == []
         logging.warning("other lines still pass")
         assert "other lines still pass" in caplog.text
