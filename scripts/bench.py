@@ -13,6 +13,8 @@
 4. served throughput with 1, 4 and 16 concurrent clients at count=1 and count=64, with 1 and 2 workers
 5. a load run: 16 clients for --load-seconds with mixed counts; failures and p50/p99
 6. TorchServe's server-side batching against none
+7. the answer's formats: count=64 as JSON against PNG (Accept: image/png), in-process and served,
+   taking turns, and the size of each answer (`--only formats` runs just this part)
 """
 import argparse
 import http.client
@@ -31,12 +33,12 @@ from typing import Callable, NamedTuple
 import torch
 
 from scripts.archive import HANDLER_DIR, build_archive
-from scripts.local_handler import MODEL_DIR_FILES, LocalHandler, model_dir_from
+from scripts.local_handler import LocalHandler, unpack_archive
 from scripts.server import MODEL_NAME, TorchServe, free_ports
 from handler.generator import onnx_feeds
 from train.artifacts import load_generator
 
-JSON = "application/json"
+JSON, PNG = "application/json", "image/png"
 SHIPPED_CONFIG = HANDLER_DIR / "model-config.yaml"
 # A handler that does nothing (as quiet as ours): what is left is TorchServe's own round trip.
 EMPTY_HANDLER = """from mnist_gan_handler import set_request_logs
@@ -71,7 +73,7 @@ def empty_handler_store(tmp: Path) -> Path:
     handler.write_text(EMPTY_HANDLER)
     store = tmp / "store-empty"
     store.mkdir()
-    extra = ",".join(str(HANDLER_DIR / name) for name in MODEL_DIR_FILES)  # it imports mnist_gan_handler
+    extra = ",".join(str(path) for path in HANDLER_DIR.glob("*.py"))  # it imports mnist_gan_handler
     subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", MODEL_NAME,
                     "--version", "1.0", "--handler", str(handler), "--extra-files", extra,
                     "--config-file", str(SHIPPED_CONFIG), "--export-path", str(store)], check=True)
@@ -127,11 +129,11 @@ def bare_forward_steps(run_dir: Path, local: LocalHandler) -> dict[str, Callable
     return {"bare": onnx_step, "bare_torch": torch_step}
 
 
-def handler_step(local: LocalHandler) -> Callable[[], int]:
+def handler_step(local: LocalHandler, accept: str = JSON) -> Callable[[], int]:
     """One count=64 request through the handler in-process."""
     def step() -> int:
-        out = local.handle_raw([{"body": {"count": 64}}], [JSON])
-        assert local.context.get_response_status(0)[0] == 200 and len(out[0]) > 100_000
+        reply = local.request(b'{"count": 64}', accept=accept)
+        assert reply.status == 200 and reply.content_type == accept
         return 64
 
     return step
@@ -147,7 +149,7 @@ def count_one_latency(local: LocalHandler, gap: float) -> float:
         while time.perf_counter() < other_work_until:
             scratch = [x + 1 for x in scratch]
         started = time.perf_counter()
-        local.handle_raw([{"body": {"count": 1}}], [JSON])
+        local.request(b'{"count": 1}')
         latencies.append(time.perf_counter() - started)
     return 1000 * percentile(latencies[300:], 50)
 
@@ -161,9 +163,11 @@ def post_count(connection: http.client.HTTPConnection, headers: dict, count: int
     return reply.status, reply.read()
 
 
-def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int]) -> dict:
+def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int], accept: str = JSON) -> dict:
     """n_clients threads, each with its own keep-alive connection, POSTing for `seconds`."""
-    headers = {**server.headers(), "Content-Type": JSON}
+    headers = {**server.headers(), "Content-Type": JSON, "Accept": accept}
+    answered = (lambda body, count: body.startswith(b"\x89PNG")) if accept == PNG else \
+        (lambda body, count: len(body) > count * 784)
     lock, latencies, images, failures = threading.Lock(), [], [0], []
     stop_at = time.perf_counter() + seconds
 
@@ -175,7 +179,7 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
             try:
                 connection = connection or http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=60)
                 status, body = post_count(connection, headers, count)
-                error = None if status == 200 and len(body) > count * 784 else f"{status}: {body[:100]!r}"
+                error = None if status == 200 and answered(body, count) else f"{status}: {body[:100]!r}"
             except (OSError, http.client.HTTPException) as exc:
                 error, connection = repr(exc), None  # counted, then a new connection
             elapsed = time.perf_counter() - started
@@ -281,6 +285,37 @@ def summarize(rounds: list[list[float]]) -> Latency:
                    [1000 * percentile(one_round, 50) for one_round in rounds])
 
 
+def formats_report(local: LocalHandler, server: TorchServe, seconds: float, rounds: int) -> list[str]:
+    """count=64 as JSON against PNG: in-process and served (4 clients), taking turns; answer sizes."""
+    steps = {accept: handler_step(local, accept) for accept in (JSON, PNG)}
+    for step in steps.values():
+        rate(step, 0.5)
+    turns = throughput_turns({
+        **{f"handler {accept}": lambda step=step: rate(step, seconds, warmup=0.2) for accept, step in steps.items()},
+        **{f"served {accept}": lambda accept=accept: clients(server, 4, seconds, [64], accept)["images_per_s"]
+           for accept in (JSON, PNG)},
+    }, rounds=rounds)
+    sizes = {accept: len(local.request(b'{"count": 64, "seed": 0}', accept=accept).body) for accept in (JSON, PNG)}
+    lines = [f"Answer formats, count=64 (medians of {rounds} rounds of {seconds:.0f} s, taking turns; ratios per round):", "",
+             "| format | answer size | handler in-process | served, 4 clients |", "|---|---:|---:|---:|"]
+    for accept in (JSON, PNG):
+        lines.append(f"| {accept} | {sizes[accept]:,} bytes | {percentile(turns[f'handler {accept}'], 50):,.0f} images/s | "
+                     f"{percentile(turns[f'served {accept}'], 50):,.0f} images/s |")
+    lines += ["", f"PNG ÷ JSON: in-process {ratio(turns[f'handler {PNG}'], turns[f'handler {JSON}'])}, "
+              f"served {ratio(turns[f'served {PNG}'], turns[f'served {JSON}'])}; size {sizes[PNG] / sizes[JSON]:.3f}."]
+    return lines
+
+
+def formats_only(args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        store = archive_with(args.run_dir, tmp, "store", model_config())
+        local = LocalHandler(unpack_archive(store / f"{MODEL_NAME}.mar", tmp / "model-dir"))
+        with TorchServe(tmp / "ts", store, ports=tuple(free_ports(4))) as server:
+            clients(server, 4, 2.0, [64])  # warm-up
+            return "\n".join(formats_report(local, server, args.seconds, args.rounds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("artifacts"))
@@ -289,7 +324,14 @@ def main() -> None:
     parser.add_argument("--latency-rounds", type=int, default=8, help="count=1 latency turns: half first, half last")
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench.md"))
+    parser.add_argument("--only", choices=["formats"], help="run one part of the benchmark")
     args = parser.parse_args()
+    if args.only == "formats":
+        report = formats_only(args)
+        print(report)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report + "\n")
+        return
     torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)
     shipped = int(re.search(r"^minWorkers: *(\d+)", SHIPPED_CONFIG.read_text(), re.M).group(1))
     other = 3 - shipped  # 1 or 2 workers on 2 cores
@@ -298,10 +340,10 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        local = LocalHandler(model_dir_from(args.run_dir, tmp / "model-dir"))
-        handler_p50, handler_cold_p50 = count_one_latency(local, 0.0), count_one_latency(local, 0.003)
         stores = {n: archive_with(args.run_dir, tmp, f"store-{n}w", model_config(minWorkers=n, maxWorkers=n))
                   for n in (shipped, other)}
+        local = LocalHandler(unpack_archive(stores[shipped] / f"{MODEL_NAME}.mar", tmp / "model-dir"))
+        handler_p50, handler_cold_p50 = count_one_latency(local, 0.0), count_one_latency(local, 0.003)
         stores["batching"] = archive_with(args.run_dir, tmp, "store-batching", model_config(batchSize=8, maxBatchDelay=1))
         torch_config = model_config().replace("runtime: onnxruntime", "runtime: torch")
         assert "runtime: torch" in torch_config, "handler/model-config.yaml no longer says `runtime: onnxruntime`"
@@ -330,6 +372,7 @@ def main() -> None:
                     for count in (1, 64):
                         results[(n, n_clients, count)] = clients(up[n], n_clients, args.seconds, [count])
             load = clients(up[shipped], 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
+            formats = formats_report(local, up[shipped], args.seconds, args.rounds)
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
             # More latency rounds minutes later, so the figure samples more than one state of the host.
             late_turns = latency_turns(turn_servers, rounds=args.latency_rounds - args.latency_rounds // 2, warmup=100)
@@ -378,6 +421,7 @@ def main() -> None:
               f"p99 {load['p99_ms']:.1f} ms, {load['images_per_s']:,.0f} images/s."]
     lines += ["", f"Host speed (a fixed Python loop; lower is faster, 3.9 ms on a quiet host, 6.5 ms on a busy one): "
               f"{speed_before:.1f} ms at the start, {speed_after:.1f} ms after the first latency turns, {speed_end:.1f} ms at the end."]
+    lines += [""] + formats
     report = "\n".join(lines)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

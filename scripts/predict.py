@@ -1,37 +1,36 @@
-"""A small client: asks the running server for digits and saves them as a PNG grid.
+"""A small client: asks the running server for digits as a PNG (Accept: image/png) and saves it.
 
     python -m scripts.predict --count 16 --seed 7 --digit 3
 """
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Optional
 
 import requests
-import torch
 
-from train.artifacts import image_grid
+from train.artifacts import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def request_digits(url: str, key: str, count: int, seed: Optional[int] = None, digit: Optional[int] = None,
-                   timeout: float = 30) -> torch.Tensor:
-    """POSTs one request; returns count x 1 x 28 x 28 images, or raises with the server's message."""
+def request_png(url: str, key: str, count: int, seed: Optional[int] = None, digit: Optional[int] = None,
+                timeout: float = 30) -> bytes:
+    """POSTs one request asking for a PNG; returns its bytes, or raises with the server's message."""
     body = {"count": count}
     if seed is not None:
         body["seed"] = seed
     if digit is not None:
         body["digit"] = digit
-    reply = requests.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+    reply = requests.post(url, json=body, headers={"Authorization": f"Bearer {key}", "Accept": "image/png"},
+                          timeout=timeout)
     if reply.status_code != 200:
         raise RuntimeError(f"{reply.status_code} from {url}: {reply.text.strip()}")
-    return torch.tensor(reply.json()["images"]).unsqueeze(1)
+    return reply.content
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080/predictions/mnist_gan")
     parser.add_argument("--key-file", type=Path, default=ROOT / "artifacts" / "serve" / "key_file.json",
@@ -40,19 +39,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--digit", type=int)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "predictions.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         key = json.loads(args.key_file.read_text())["inference"]["key"]
     except FileNotFoundError:
         raise SystemExit(f"{args.key_file} not found: is the server running (`make serve`)?")
     try:
-        images = request_digits(args.url, key, args.count, args.seed, args.digit)
+        png = request_png(args.url, key, args.count, args.seed, args.digit)
     except (RuntimeError, requests.RequestException) as error:
         raise SystemExit(f"predict: {error}")
-    title = f"{args.count} digits" + (f", digit {args.digit}" if args.digit is not None else "") + \
-        (f", seed {args.seed}" if args.seed is not None else "")
-    image_grid(images, max(1, math.ceil(math.sqrt(args.count))), args.out, title=title)
-    print(f"{len(images)} digits from {args.url} saved to {args.out}", file=sys.stderr)
+    with atomic_path(args.out) as tmp:
+        tmp.write_bytes(png)
+    print(f"{args.count} digits from {args.url} saved to {args.out}", file=sys.stderr)
     print(args.out)
 
 

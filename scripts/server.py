@@ -57,6 +57,14 @@ def render_config(template: Path, ports: tuple[int, ...], model_store: Path,
     return "\n".join(lines) + "\n"
 
 
+def _alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class TorchServe:
     """One TorchServe process tree, owned by `workdir`."""
 
@@ -106,6 +114,22 @@ class TorchServe:
             return pid
         except (OSError, ValueError):
             return None
+
+    def worker_pids(self) -> list[int]:
+        """The PIDs of this server's Python workers: the frontend's child processes."""
+        frontend = self.pid()
+        if frontend is None:
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == frontend:
+                children.append(int(stat.parent.name))
+        return children
 
     def keys(self) -> dict[str, str]:
         """{"inference": key, "management": key, "API": key} from key_file.json."""
@@ -162,16 +186,17 @@ class TorchServe:
                            f"see {self.workdir / 'logs'}")
 
     def stop(self, timeout: float = 60) -> None:
-        """Stops this server (and only this one); waits until its process is gone."""
+        """Stops this server (and only this one); returns once the frontend and its workers are gone."""
         pid = self.pid()
         if pid is None:
             return
+        processes = [pid, *self.worker_pids()]
         self._torchserve("--stop")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
+        while time.monotonic() < deadline and any(map(_alive, processes)):
             time.sleep(0.2)
-        if self.pid() is not None:  # the frontend ignored the stop: end its whole process group
-            os.kill(pid, signal.SIGKILL)
+        for leftover in filter(_alive, processes):  # ignored the stop: end it
+            os.kill(leftover, signal.SIGKILL)
         # The PID file can outlive a killed server; a stale one would make pid() guess wrong later.
         (self.workdir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
 

@@ -2,6 +2,15 @@
 
 Each bad case: (id, raw body bytes, Content-Type header or None, text the 400 message must contain).
 """
+import io
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from handler.generator import sample_latent
+
 JSON = "application/json"
 PNG = "image/png"
 
@@ -94,3 +103,25 @@ GOOD_REQUESTS = [
     ({"count": 256}, 256),
 ]
 
+
+# ONNX Runtime's kernels may differ from PyTorch's by 1e-6; the answer is rounded to 4 decimals.
+RUNTIME_AND_ROUNDING = 5e-5 + 2e-6
+
+
+def generators_images(model, count: int, seed: int, digit=None) -> np.ndarray:
+    """What the generator itself draws for a request with this seed (the handler's recipe), unrounded."""
+    noise, labels = sample_latent(model, count, torch.Generator().manual_seed(seed), digit)
+    with torch.inference_mode():
+        return model(noise, labels)[:, 0].numpy().astype(np.float64)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and image.mode == "L"
+    return np.asarray(image)
+
+
+def grid_size(count: int, gap: int = 2) -> tuple[int, int]:
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    return rows * 28 + (rows - 1) * gap, columns * 28 + (columns - 1) * gap

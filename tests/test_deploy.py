@@ -12,7 +12,6 @@ import pytest
 import requests
 import yaml
 
-from scripts.archive import build_archive
 from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle, read_properties
 from scripts.server import MODEL_NAME, TorchServe, free_ports
 
@@ -148,10 +147,8 @@ def test_inference_service_matches_the_fields_it_uses():
 
 
 @pytest.fixture(scope="module")
-def mar_store(tiny_run, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("deploy_store")
-    build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
-    return store
+def mar_store(tiny_store) -> Path:
+    return tiny_store
 
 
 def test_kserve_bundle_layout(mar_store, tmp_path):

@@ -1,16 +1,14 @@
 """The handler in-process, loaded from the real archive and called by TorchServe's own worker code (no server)."""
 import ast
-import io
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from cases import BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSAGE, NEGOTIATION, PNG
+from cases import (BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSAGE, NEGOTIATION, PNG,
+                   RUNTIME_AND_ROUNDING, decode_png, generators_images, grid_size)
 from mnist_gan_handler import ONNX_FILE, set_request_logs
 from request_contract import NotAcceptable, answer_type
 from scripts.local_handler import LocalHandler, copy_model_dir
@@ -21,19 +19,6 @@ HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 def images_of(body: dict) -> np.ndarray:
     assert set(body) == {"images"}
     return np.asarray(body["images"], dtype=np.float64)
-
-
-def generators_images(model, count: int, seed: int, digit=None) -> np.ndarray:
-    """What the generator itself draws for a request (the handler's noise recipe), unrounded."""
-    from generator import sample_latent
-
-    noise, labels = sample_latent(model, count, torch.Generator().manual_seed(seed), digit)
-    with torch.inference_mode():
-        return model(noise, labels)[:, 0].numpy().astype(np.float64)
-
-
-# ONNX Runtime's kernels may differ from PyTorch's by 1e-6; the answer is rounded to 4 decimals.
-RUNTIME_AND_ROUNDING = 5e-5 + 2e-6
 
 
 @pytest.mark.parametrize("fields,count", GOOD_REQUESTS)
@@ -120,18 +105,6 @@ def test_accept_header_picks_the_answer_format(accept, expected):
             answer_type(accept)
     else:
         assert answer_type(accept) == expected
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(data))
-    assert image.format == "PNG" and image.mode == "L"
-    return np.asarray(image)
-
-
-def grid_size(count: int, gap: int = 2) -> tuple[int, int]:
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
-    return rows * 28 + (rows - 1) * gap, columns * 28 + (columns - 1) * gap
 
 
 @pytest.mark.parametrize("count", [1, 2, 7, 16, 256])

@@ -1,4 +1,6 @@
 """Integration: a real .mar in a real TorchServe on free ports, real HTTP requests, always stopped."""
+import json
+import math
 import os
 import signal
 import time
@@ -9,25 +11,32 @@ import numpy as np
 import pytest
 import requests
 
-from cases import BAD_REQUESTS, JSON
+from cases import (BAD_REQUESTS, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUNDING, decode_png, generators_images,
+                   grid_size)
 from scripts.archive import build_archive
-from scripts.server import TorchServe, free_ports
+from scripts.server import TorchServe, _alive, free_ports
+from train.artifacts import load_generator
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    store = tmp_path_factory.mktemp("model_store")
-    build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
-    with TorchServe(tmp_path_factory.mktemp("torchserve"), store, ports=tuple(free_ports(4))) as ts:
+def server(tiny_store, tmp_path_factory):
+    with TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_store, ports=tuple(free_ports(4))) as ts:
         yield ts
-    assert ts.pid() is None  # stopped, even when a test failed
+        processes = [ts.pid(), *ts.worker_pids()]
+    assert len(processes) == 3, processes  # the frontend and its 2 workers
+    assert not [pid for pid in processes if _alive(pid)], "stop() left processes running"
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_run):
+    return load_generator(tiny_run / "generator.pt", tiny_run / "generator.json")[0]
 
 
 def post(server, body=None, raw=None, content_type=JSON, headers=None, path=None):
     headers = {**server.headers(), **({"Content-Type": content_type} if content_type else {}), **(headers or {})}
-    data = raw if raw is not None else (None if body is None else __import__("json").dumps(body))
+    data = raw if raw is not None else (None if body is None else json.dumps(body))
     return requests.post(path or server.predict_url, data=data, headers=headers, timeout=30)
 
 
@@ -46,10 +55,91 @@ def test_good_request_returns_compact_json_images(server):
     assert images.shape == (3, 28, 28) and images.min() >= 0 and images.max() <= 1
 
 
-def test_seed_reproduces_across_requests_and_workers(server):
-    bodies = [post(server, {"count": 4, "seed": 123}).content for _ in range(6)]  # two workers serve these
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_seed_reproduces_across_requests_and_both_workers(server):
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    bodies = [post(server, {"count": 256, "seed": 123}).content for _ in range(10)]
     assert len(set(bodies)) == 1
-    assert post(server, {"count": 4, "seed": 124}).content != bodies[0]
+    # Both workers did work for these requests (an idle worker blocks on its socket and uses no CPU).
+    assert all(_cpu_ticks(pid) > before[pid] for pid in workers), (before, {pid: _cpu_ticks(pid) for pid in workers})
+    assert post(server, {"count": 256, "seed": 124}).content != bodies[0]
+
+
+def test_contract_points_on_the_real_server(server, generator):
+    reply = post(server, {})  # the defaults: one image, a random seed
+    assert reply.status_code == 200 and np.asarray(reply.json()["images"]).shape == (1, 28, 28)
+    largest = post(server, {"count": 256, "seed": 2})  # stays under max_response_size
+    assert largest.status_code == 200, largest.text[:200]
+    images = np.asarray(largest.json()["images"])
+    assert images.shape == (256, 28, 28) and np.all(np.round(images, 4) == images)  # 4 decimals
+    assert np.abs(images - generators_images(generator, 256, 2)).max() <= RUNTIME_AND_ROUNDING  # the generator's own
+    charset = post(server, {"count": 256, "seed": 2}, content_type="application/json; charset=utf-8")
+    assert charset.status_code == 200 and charset.content == largest.content
+    error = post(server, {"count": 0})
+    assert error.status_code == 400 and error.json() == {"code": 400, "error": error.json()["error"]}
+    # TorchServe's frontend drops the query string before the handler: the body alone decides.
+    query = post(server, {"count": 2, "seed": 5}, path=server.predict_url + "?count=9&seed=1")
+    assert query.status_code == 200 and query.content == post(server, {"count": 2, "seed": 5}).content
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_digit_d_is_the_generator_conditioned_on_label_d(server, generator, digit):
+    images = np.asarray(post(server, {"count": 2, "seed": 44, "digit": digit}).json()["images"])
+    distance = {label: np.abs(images - generators_images(generator, 2, 44, label)).max() for label in range(10)}
+    assert distance[digit] <= RUNTIME_AND_ROUNDING
+    assert min(d for label, d in distance.items() if label != digit) > 1e-3
+
+
+@pytest.mark.parametrize("count", [1, 7, 16])
+def test_accept_png_answers_the_json_answers_pixels(server, count):
+    body = {"count": count, "seed": 21, "digit": 6}
+    reply = post(server, body, headers={"Accept": PNG})
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == PNG
+    pixels = decode_png(reply.content)
+    assert pixels.shape == grid_size(count)
+    expected = np.rint(255 * np.asarray(post(server, body).json()["images"])).astype(np.uint8)
+    columns = math.ceil(math.sqrt(count))
+    for index in range(count):
+        top, left = (index // columns) * 30, (index % columns) * 30
+        assert np.array_equal(pixels[top:top + 28, left:left + 28], expected[index])
+    assert post(server, body, headers={"Accept": PNG}).content == reply.content  # byte-identical
+
+
+def test_accept_negotiation_on_the_real_server(server):
+    body = {"count": 1, "seed": 3}
+    preferred = post(server, body, headers={"Accept": "image/png;q=0.9, application/json"})
+    assert preferred.status_code == 200 and preferred.headers["Content-Type"] == JSON
+    refused = post(server, body, headers={"Accept": "text/html"})
+    assert refused.status_code == 406 and refused.headers["Content-Type"] == JSON
+    assert refused.json()["code"] == 406 and "application/json nor image/png" in refused.json()["error"]
+    bad = post(server, {"count": 300}, headers={"Accept": PNG})
+    assert bad.status_code == 400 and bad.headers["Content-Type"] == JSON and "'count'" in bad.json()["error"]
+
+
+def test_make_predict_saves_the_servers_png(server, tmp_path):
+    from scripts.predict import main
+
+    out = tmp_path / "digits.png"
+    main(["--url", server.predict_url, "--key-file", str(server.workdir / "key_file.json"), "--count", "9",
+          "--seed", "4", "--digit", "2", "--out", str(out)])
+    direct = post(server, {"count": 9, "seed": 4, "digit": 2}, headers={"Accept": PNG})
+    assert out.read_bytes() == direct.content and decode_png(direct.content).shape == grid_size(9)
+
+
+def test_form_and_multipart_bodies_get_a_message_naming_their_content_type(server):
+    # What `curl -d '{"count": 2}'` and `curl -F count=2` send when -H 'Content-Type: ...' is left out.
+    form = post(server, raw=b'{"count": 2}', content_type="application/x-www-form-urlencoded")
+    assert form.status_code == 400
+    assert "got application/x-www-form-urlencoded (curl -d sends that; add -H 'Content-Type: application/json')" \
+        in form.json()["error"]
+    multipart = requests.post(server.predict_url, files={"count": (None, "2")}, headers=server.headers(), timeout=30)
+    assert multipart.status_code == 400 and MULTIPART_MESSAGE in multipart.json()["error"]
 
 
 @pytest.mark.parametrize("case_id,raw,content_type,message", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
@@ -108,6 +198,19 @@ def batching_server(tiny_run, tmp_path_factory):
         yield ts
 
 
+def test_png_and_json_requests_batched_together_each_get_their_own_format(batching_server):
+    body = {"count": 4, "seed": 17}
+    accepts = [PNG, JSON, PNG, None, "text/html", PNG, JSON, PNG]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda accept: post(batching_server, body, headers={"Accept": accept} if accept else {}),
+                                accepts))
+    for accept, reply in zip(accepts, replies):
+        expected = {PNG: (200, PNG), "text/html": (406, JSON)}.get(accept, (200, JSON))
+        assert (reply.status_code, reply.headers["Content-Type"]) == expected, reply.content[:100]
+    assert len({r.content for r, a in zip(replies, accepts) if a == PNG}) == 1
+    assert "handling a batch of" in (batching_server.workdir / "logs" / "model_log.log").read_text()
+
+
 def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
     bodies = [{"count": 2, "seed": i} if i % 2 else {"count": "bad", "seed": i} for i in range(8)]
     alone = post(batching_server, {"count": 2, "seed": 3}).content
@@ -141,31 +244,15 @@ def test_per_request_worker_logs_are_off_unless_the_model_config_turns_them_on(s
     assert "HandlerTime{" in _prometheus_metrics(batching_server)
 
 
-def _worker_pids(server) -> list[int]:
-    """PIDs of this server's Python workers (they listen on /tmp/.ts.sock.<worker port>)."""
-    marker = f".ts.sock.{server.ports[3]}".encode()
-    alt = f".ts.sock.{server.ports[3] + 1}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"model_service_worker" in cmdline and (marker in cmdline or alt in cmdline):
-                pids.append(int(entry.name))
-    return pids
-
-
-def test_killed_worker_is_replaced_and_serving_resumes(server, record_property):
-    pids = _worker_pids(server)
-    assert pids, "no worker process found"
+def test_killed_workers_are_replaced_and_serving_resumes(server, record_property):
+    pids = server.worker_pids()
+    assert len(pids) == 2, pids
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    started, deadline = time.monotonic(), time.monotonic() + 120
+    started, deadline = time.monotonic(), time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            if post(server, {"count": 1, "seed": 0}).status_code == 200:
+            if post(server, {"count": 1, "seed": 0}).status_code == 200 and len(server.worker_pids()) == 2:
                 break
         except requests.RequestException:
             pass
@@ -173,8 +260,9 @@ def test_killed_worker_is_replaced_and_serving_resumes(server, record_property):
     recovery = time.monotonic() - started
     record_property("worker_recovery_seconds", round(recovery, 2))
     print(f"\nall workers SIGKILLed; serving again after {recovery:.1f} s")
-    assert recovery < 120
-    assert set(_worker_pids(server)).isdisjoint(pids)
+    assert recovery < 60, f"serving resumed only after {recovery:.0f} s"
+    replacements = server.worker_pids()
+    assert len(replacements) == 2 and set(replacements).isdisjoint(pids), (pids, replacements)
     assert_good(server)
 
 
