@@ -1,11 +1,21 @@
-"""Deployment, checked offline: the Kubernetes manifests against the real API schemas, the KServe
-bundle's layout, and the Open Inference Protocol (KServe v2) path against a real TorchServe.
+"""Deployment, checked offline: the Kubernetes manifests against the real API schemas, the pod's own
+configs run for real (HAProxy in front of TorchServe, two "pods" on loopback), the KServe bundle's
+layout and config, and the Open Inference Protocol (KServe v2) path against a real TorchServe.
 
 What this cannot check (no cluster, no container engine here): that the image builds, that the
 pods schedule and the probes pass in a cluster, and KServe's own controller and wrapper.
 """
 import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -62,30 +72,183 @@ def test_a_broken_manifest_is_caught_by_the_validator():
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
-def _container(deployment: dict) -> dict:
-    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"]
+def _container(deployment: dict, name: str) -> dict:
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     return container
 
 
-def test_deployment_probes_use_the_token_and_the_service_stays_internal():
+def configmap_data() -> dict[str, str]:
+    return next(doc for _, doc in KUBERNETES if doc["kind"] == "ConfigMap")["data"]
+
+
+def properties(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+# The ConfigMap's config.properties is the repository's with exactly these keys changed (its header says why).
+POD_CONFIG_CHANGES = {"inference_address", "disable_token_authorization", "model_store", "vmargs"}
+
+
+def test_pod_config_is_the_repositorys_with_only_the_listed_changes():
+    pod, repository = properties(configmap_data()["config.properties"]), read_properties(ROOT / "config.properties")
+    changed = {key for key in pod.keys() | repository.keys() if pod.get(key) != repository.get(key)}
+    assert changed == POD_CONFIG_CHANGES
+    header = (DEPLOY / "configmap.yaml").read_text().split("apiVersion:")[0]
+    assert all(f"#   {key}" in header for key in POD_CONFIG_CHANGES)  # each change is explained
+    assert all(pod[key].startswith("http://127.0.0.1:") for key in ("inference_address", "management_address",
+                                                                    "metrics_address"))
+
+
+def test_only_the_proxy_leaves_the_pod_and_the_token_comes_from_the_secret():
     docs = {doc["kind"]: doc for _, doc in KUBERNETES}
-    container = _container(docs["Deployment"])
-    for probe in ("readinessProbe", "livenessProbe"):
-        command = " ".join(container[probe]["exec"]["command"])
-        assert "key_file.json" in command and "/ping" in command  # the real health endpoint, with the key
+    deployment = docs["Deployment"]
+    proxy, torchserve = _container(deployment, "proxy"), _container(deployment, "torchserve")
+    assert "ports" not in torchserve  # nothing of TorchServe's is a pod port
+    assert [p["containerPort"] for p in proxy["ports"]] == [8080]
+    env = {e["name"]: e for e in proxy["env"]}
+    assert env["CLIENT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mnist-gan-client-token", "key": "token"}
+    assert env["TORCHSERVE_ADDRESS"]["value"] == properties(configmap_data()["config.properties"])[
+        "inference_address"].removeprefix("http://")
+    assert proxy["readinessProbe"]["httpGet"]["path"] == "/ping"  # through the proxy to TorchServe's real health
+    assert "/ping" in " ".join(torchserve["livenessProbe"]["exec"]["command"])
     assert docs["Service"]["spec"]["type"] == "ClusterIP"
-    assert [p["targetPort"] for p in docs["Service"]["spec"]["ports"]] == ["inference"]  # no management port
-    config = docs["ConfigMap"]["data"]["config.properties"]
-    props = dict(line.split("=", 1) for line in config.splitlines() if line and not line.startswith("#"))
-    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
-    assert props["inference_address"] == "http://0.0.0.0:8080"
-    assert props["management_address"].startswith("http://127.0.0.1:")  # management never leaves the pod
-    limits, requests_ = container["resources"]["limits"], container["resources"]["requests"]
+    assert [p["targetPort"] for p in docs["Service"]["spec"]["ports"]] == ["http"]
+    limits, requests_ = torchserve["resources"]["limits"], torchserve["resources"]["requests"]
     assert requests_["cpu"] == limits["cpu"] == "2"  # one worker per core, 2 workers
-    assert props["default_workers_per_model"] == "2"
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
-    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+    assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["minReplicas"] >= 2
+
+
+# --- two "pods" on loopback: the real HAProxy with deploy/'s haproxy.cfg in front of a real TorchServe
+# with deploy/'s config.properties, each, as the Deployment runs them -----------------------------------
+
+class PodTorchServe(TorchServe):
+    """TorchServe as the pod runs it: no token (disable_token_authorization=true), loopback only."""
+
+    def headers(self, kind: str = "inference") -> dict[str, str]:
+        return {}
+
+
+def start_proxy(config: Path, address: str, upstream: str, token: str, log: Path) -> subprocess.Popen:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.fail("haproxy is not installed: apt-get install haproxy (.ci/run does)")
+    env = {"PATH": os.environ["PATH"], "PROXY_ADDRESS": address, "TORCHSERVE_ADDRESS": upstream, "CLIENT_TOKEN": token}
+    process = subprocess.Popen([haproxy, "-f", str(config), "-db"], env=env, stdout=log.open("w"),
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        with socket.socket() as s:
+            if s.connect_ex((host, int(port))) == 0:
+                return process
+        time.sleep(0.05)
+    process.kill()
+    raise TimeoutError(f"haproxy did not listen on {address}: {log.read_text()}")
+
+
+class Pod(NamedTuple):
+    url: str  # the pod port, as the Service reaches it
+    server: PodTorchServe
+    proxy_log: Path
+
+
+@pytest.fixture(scope="module")
+def pod_token() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture(scope="module")
+def pods(mar_store, pod_token, tmp_path_factory):
+    data = configmap_data()
+    workdir = tmp_path_factory.mktemp("pods")
+    (workdir / "config.properties").write_text(data["config.properties"])
+    (workdir / "haproxy.cfg").write_text(data["haproxy.cfg"])
+    with ExitStack() as stack:
+        servers = [PodTorchServe(workdir / f"torchserve-{i}", mar_store, config=workdir / "config.properties",
+                                 ports=tuple(free_ports(4))) for i in range(2)]
+        with ThreadPoolExecutor(2) as pool:  # both JVMs start at once
+            list(pool.map(lambda server: server.start(), servers))
+        for server in servers:
+            stack.callback(server.stop)
+        result = []
+        for i, server in enumerate(servers):
+            address, log = f"127.0.0.1:{free_ports(1)[0]}", workdir / f"haproxy-{i}.log"
+            proxy = start_proxy(workdir / "haproxy.cfg", address, f"127.0.0.1:{server.ports[0]}", pod_token, log)
+            stack.callback(proxy.wait, 10)
+            stack.callback(proxy.terminate)
+            result.append(Pod(f"http://{address}", server, log))
+        yield result
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.integration
+def test_one_client_token_works_on_every_pod(pods, pod_token):
+    replies = [requests.post(f"{pods[i % 2].url}/predictions/{MODEL_NAME}", json={"count": 2, "seed": 3},
+                             headers=bearer(pod_token), timeout=30) for i in range(6)]  # alternating pods
+    assert [r.status_code for r in replies] == [200] * 6, [r.text[:200] for r in replies]
+    assert len({r.content for r in replies}) == 1  # the same model and seed on both
+    for pod in pods:  # each TorchServe really answered (its own access log)
+        assert (pod.server.workdir / "logs" / "access_log.log").read_text().count("POST /predictions/mnist_gan") >= 3
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", ["missing", "wrong-token", "other-scheme", "token-prefix", "empty-bearer",
+                                  "another-servers-key"])
+def test_missing_or_wrong_credential_gets_401_from_every_pod(pods, pod_token, case):
+    headers = {"missing": {}, "wrong-token": bearer(secrets.token_hex(32)), "other-scheme": {"Authorization": f"Basic {pod_token}"},
+               "token-prefix": bearer(pod_token[:-1]), "empty-bearer": {"Authorization": "Bearer "},
+               # A TorchServe key (the kind each pod's TorchServe would make for itself): not the cluster credential.
+               "another-servers-key": bearer("AlXIhwRz")}[case]
+    for pod in pods:
+        reply = requests.post(f"{pod.url}/predictions/{MODEL_NAME}", json={"count": 1}, headers=headers, timeout=30)
+        assert reply.status_code == 401, reply.text
+        assert reply.headers["WWW-Authenticate"] == "Bearer"
+        assert reply.headers["Content-Type"] == "application/json"
+        assert reply.json()["code"] == 401 and "Authorization: Bearer" in reply.json()["error"]
+
+
+@pytest.mark.integration
+def test_the_proxy_passes_only_the_prediction_route_and_the_health_probe(pods, pod_token):
+    pod = pods[0]
+    ping = requests.get(f"{pod.url}/ping", timeout=30)  # what the kubelet's probe sends: no credential
+    assert ping.status_code == 200 and ping.json()["status"] == "Healthy"  # TorchServe's own answer
+    for path in ("/models", "/api-description", f"/predictions/{MODEL_NAME}/2.0", "/metrics"):
+        reply = requests.get(f"{pod.url}{path}", headers=bearer(pod_token), timeout=30)
+        assert reply.status_code == 404 and reply.json()["code"] == 404, (path, reply.text)
+    bad = requests.post(f"{pod.url}/predictions/{MODEL_NAME}", json={"count": 0}, headers=bearer(pod_token), timeout=30)
+    assert bad.status_code == 400 and "'count'" in bad.json()["error"]  # the handler's own errors pass through
+
+
+@pytest.mark.integration
+def test_the_token_is_never_logged(pods, pod_token):
+    requests.post(f"{pods[0].url}/predictions/{MODEL_NAME}", json={"count": 1}, headers=bearer(pod_token), timeout=30)
+    requests.post(f"{pods[0].url}/predictions/{MODEL_NAME}", json={"count": 1}, headers=bearer(pod_token[:-1]), timeout=30)
+    logs = [pod.proxy_log for pod in pods] + [p for pod in pods for p in (pod.server.workdir / "logs").glob("*.log")]
+    assert "POST /predictions/mnist_gan" in pods[0].proxy_log.read_text()  # the proxy does keep an access log
+    for log in logs:
+        assert pod_token[:16] not in log.read_text(), log
+
+
+@pytest.mark.integration
+def test_a_proxy_without_a_token_serves_nothing(pods, tmp_path):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(configmap_data()["haproxy.cfg"])
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    for token in ("", "short"):
+        proxy = start_proxy(config, address, f"127.0.0.1:{pods[0].server.ports[0]}", token, tmp_path / "log")
+        try:
+            for headers in ({}, bearer(token), {"Authorization": "Bearer"}):
+                reply = requests.post(f"http://{address}/predictions/{MODEL_NAME}", json={"count": 1}, headers=headers,
+                                      timeout=30)
+                assert reply.status_code == 503 and "mnist-gan-client-token" in reply.json()["error"]
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
 
 
 # The InferenceService is a KServe CRD, not in kubernetes-validate's schemas: this hand-written
