@@ -13,11 +13,10 @@ import numpy as np
 import onnxruntime
 import torch
 from ts.torch_handler.base_handler import BaseHandler
-from ts.utils.util import PredictionException
 
 from generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
 from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, encode_answer, error_body,
-                              guard_kservev2_envelope, is_v2_inputs, parse_request, parse_v2_request)
+                              adapt_kservev2_envelope, is_v2_inputs, parse_request, parse_v2_request, v2_error)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class DigitGANHandler(BaseHandler):
         # (measured); PyTorch on a GPU, or when the config asks for it. Both run the same trained weights.
         on_cpu_onnx = runtime == "onnxruntime" and self.device.type == "cpu"
         self.session = self._onnx_session(model_dir, threads) if on_cpu_onnx else None
-        guard_kservev2_envelope()  # with service_envelope=kservev2: malformed bodies get 400, not 503
+        adapt_kservev2_envelope()  # with service_envelope=kservev2: protocol error bodies, 400 not 503
         self.v2 = False
         self.rng = torch.Generator()  # reseeded for every request
         logger.info("loaded %s generator (%s) on %s", self.metadata.get("preset"), self.metadata["model"],
@@ -146,7 +145,7 @@ class DigitGANHandler(BaseHandler):
     def postprocess(self, outputs: list) -> list:
         if self.v2:  # the envelope writes the v2 response; it names outputs after context.input_names
             if isinstance(outputs[0], BadRequest):
-                raise PredictionException(str(outputs[0]), 400)
+                return [v2_error(self.context, str(outputs[0]), outputs[0].status)]
             self.context.input_names = [V2_OUTPUT]
             images, _ = outputs[0]
             return [images.astype(np.float64).round(DECIMALS)]  # see request_contract: why FP64

@@ -23,8 +23,10 @@ Every input is optional, with the same names, limits and messages as the JSON fi
 The envelope flattens every output: reshape data to count x 28 x 28. FP64 because the envelope
 writes Python floats with json.dumps: the 4-decimal values as float32 would print 17 digits
 each (count=256 would pass max_response_size); as doubles they print as the plain route does.
-A bad request answers 400 {"code": 400, "type": "InternalServerException", "message": "..."}
-(TorchServe's frontend writes that body; the type name is its own).
+A bad request answers 400 with the protocol's error body {"error": "..."}; so does a request in the
+binary data extension (tritonclient's default), which is not supported: send JSON tensors.
+Health and metadata (/v2/health/*, /v2/models/mnist_gan[/ready]) are KServe's wrapper's to answer:
+TorchServe itself answers 404 there (deploy/README.md).
 """
 import io
 import math
@@ -206,12 +208,17 @@ V2_INTEGER_TYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT
 
 
 def is_v2_inputs(rows: list) -> bool:
-    """True for the envelope's rows (input tensors); a plain request's row is {"body": ...}."""
+    """True for the envelope's rows (input tensors, or [BadRequest] for an unreadable request); a plain
+    request's row is {"body": ...}."""
+    if rows and isinstance(rows[0], BadRequest):
+        return True
     return bool(rows) and all(isinstance(row, dict) and "datatype" in row and "body" not in row for row in rows)
 
 
 def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
     """Validates one v2 request's input tensors (each a scalar INT64 field, shape [1])."""
+    if inputs and isinstance(inputs[0], BadRequest):
+        raise inputs[0]  # the envelope could not read the request
     body = {}
     for tensor in inputs:
         name = tensor.get("name")
@@ -256,31 +263,54 @@ def _v2_body(rows: list) -> dict:
     return body
 
 
-def guard_kservev2_envelope() -> None:
-    """Makes TorchServe's kservev2 envelope answer a malformed body with 400 and a message.
+def v2_error(context: Any, message: str, status: int = 400) -> bytes:
+    """Request 0's answer as the Open Inference Protocol's error body, {"error": message}, with `status`."""
+    context.set_response_status(status, "Bad Request" if status == 400 else "Error", 0)
+    context.set_response_content_type(0, JSON_TYPE)
+    return orjson.dumps({"error": message})
 
-    The envelope parses the body before the handler runs and, unguarded, turns a body without
-    'inputs' (or one that is not JSON) into a KeyError: 503 "Prediction failed". Patched on the
-    class, in this worker process only (a worker serves one model); idempotent; harmless when
-    the envelope is not configured.
+
+def _binary_extension(context: Any) -> bool:
+    """True when the client used the binary tensor data extension (tritonclient's default)."""
+    headers = context.request_processor[0].get_request_properties() if context.request_processor else {}
+    return any(name.lower() == "inference-header-content-length" for name in headers)
+
+
+def adapt_kservev2_envelope() -> None:
+    """Makes TorchServe's kservev2 envelope answer errors as the Open Inference Protocol does.
+
+    Unadapted, the envelope turns a body without 'inputs' (or one that is not JSON) into a KeyError,
+    a 503 "Prediction failed", and the frontend writes any error as {"code", "type", "message"}, which
+    protocol clients cannot decode. Adapted, the envelope hands an unreadable request to the handler
+    as [BadRequest], the handler answers every error as 400 {"error": "..."} (v2_error), and the
+    envelope passes that body on unwrapped. A request in the binary data extension is told to send
+    JSON tensors. Patched on the class (the envelope's bound handle() looks these up per call), in this
+    worker process only (a worker serves one model); idempotent; harmless without the envelope.
     """
     try:
         from ts.torch_handler.request_envelope.kservev2 import KServev2Envelope
-        from ts.utils.util import PredictionException
     except ImportError:  # not inside TorchServe
         return
-    original = KServev2Envelope.parse_input
-    if getattr(original, "guarded", False):
+    if getattr(KServev2Envelope.parse_input, "adapted", False):
         return
+    original_parse, original_format = KServev2Envelope.parse_input, KServev2Envelope.format_output
 
     def parse_input(self, data):
         try:
+            if _binary_extension(self.context):
+                raise BadRequest("binary tensor data (the binary data extension) is not supported: send the inputs "
+                                 "as JSON (tritonclient: binary_data=False on every input and output)")
             _v2_body(data)
-            return original(self, data)
+            return original_parse(self, data)
         except BadRequest as error:
-            raise PredictionException(str(error), 400) from None
+            return [error]
         except (KeyError, IndexError, TypeError, ValueError) as error:
-            raise PredictionException(f"not a valid Open Inference Protocol request ({error})", 400) from None
+            return [BadRequest(f"not a valid Open Inference Protocol request ({error})")]
 
-    parse_input.guarded = True
-    KServev2Envelope.parse_input = parse_input
+    def format_output(self, data):
+        if self.context.get_response_status(0)[0] != 200:
+            return data  # the handler's error body, as it is
+        return original_format(self, data)
+
+    parse_input.adapted = True
+    KServev2Envelope.parse_input, KServev2Envelope.format_output = parse_input, format_output

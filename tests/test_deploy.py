@@ -356,21 +356,25 @@ class V2TorchServe(TorchServe):
         return requests.post(self.v2_url, json=v2_body(count=1, seed=0), headers=self.headers(), timeout=10)
 
 
-ENVELOPE_SETTINGS = {
-    # As KServe's runtime does it: enable_envvars_config=true plus TS_SERVICE_ENVELOPE in the environment.
-    "env": ({"enable_envvars_config": "true"}, {"TS_SERVICE_ENVELOPE": "kservev2"}),
-    # As the bundle's config.properties says it.
-    "config": ({"service_envelope": "kservev2"}, {}),
-}
+class BundleTorchServe(V2TorchServe):
+    """TorchServe started with the config.properties that `make kserve-bundle` writes (no token: loopback only)."""
+
+    def headers(self, kind: str = "inference") -> dict[str, str]:
+        return {}
 
 
-@pytest.fixture(scope="module", params=sorted(ENVELOPE_SETTINGS))
+@pytest.fixture(scope="module", params=["bundle", "env"])
 def v2_server(request, mar_store, tmp_path_factory):
-    overrides, env = ENVELOPE_SETTINGS[request.param]
-    with V2TorchServe(tmp_path_factory.mktemp("torchserve_v2"), mar_store, ports=tuple(free_ports(4)),
-                      overrides=overrides, env=env) as ts:
-        yield ts
-    assert ts.pid() is None
+    if request.param == "bundle":  # the bundle's own config and layout, as KServe mounts them
+        bundle = build_bundle(mar_store / f"{MODEL_NAME}.mar", tmp_path_factory.mktemp("bundle") / "kserve")
+        server = BundleTorchServe(tmp_path_factory.mktemp("torchserve_bundle"), bundle / "model-store",
+                                  config=bundle / "config" / "config.properties", ports=tuple(free_ports(4)))
+    else:  # the repository's config with the envelope set as KServe's runtime does: env vars
+        server = V2TorchServe(tmp_path_factory.mktemp("torchserve_v2"), mar_store, ports=tuple(free_ports(4)),
+                              overrides={"enable_envvars_config": "true"}, env={"TS_SERVICE_ENVELOPE": "kservev2"})
+    with server:
+        yield server
+    assert server.pid() is None
 
 
 @pytest.mark.integration
@@ -427,7 +431,7 @@ BAD_V2 = [
 def test_bad_v2_request_gets_400_with_message(v2_server, case_id, body, message):
     reply = requests.post(v2_server.v2_url, json=body, headers=v2_server.headers(), timeout=30)
     assert reply.status_code == 400, reply.text
-    assert message in reply.json()["message"]
+    assert reply.json() == {"error": reply.json()["error"]} and message in reply.json()["error"]  # the protocol's body
     good = requests.post(v2_server.v2_url, json=v2_body(count=1, seed=1), headers=v2_server.headers(), timeout=30)
     assert good.status_code == 200
 
@@ -437,17 +441,76 @@ def test_v2_body_that_is_not_json_gets_400(v2_server):
     reply = requests.post(v2_server.v2_url, data=b"{not json", headers={**v2_server.headers(),
                                                                         "Content-Type": "application/json"},
                           timeout=30)
-    assert 400 <= reply.status_code < 500, reply.text
+    assert reply.status_code == 400 and "not valid JSON" in reply.json()["error"], reply.text
 
 
 @pytest.mark.integration
 def test_plain_json_under_the_envelope_gets_400(v2_server):
     reply = requests.post(v2_server.predict_url, json={"count": 2}, headers=v2_server.headers(), timeout=30)
-    assert reply.status_code == 400 and "'inputs' list" in reply.json()["message"]
+    assert reply.status_code == 400 and "'inputs' list" in reply.json()["error"]
 
 
 @pytest.mark.integration
 def test_v2_needs_the_inference_token(v2_server):
+    if isinstance(v2_server, BundleTorchServe):
+        # No token here: KServe's wrapper cannot send one, so the bundle keeps TorchServe on loopback instead.
+        props = read_properties(v2_server.config)
+        assert props["disable_token_authorization"] == "true"
+        assert props["inference_address"].startswith("http://127.0.0.1:") and props["grpc_inference_address"] == "127.0.0.1"
+        return
     for headers in ({}, {"Authorization": "Bearer wrong"}, v2_server.headers("management")):
         reply = requests.post(v2_server.v2_url, json=v2_body(count=1), headers=headers, timeout=30)
         assert reply.status_code == 400 and "Token Authorization failed" in reply.text
+
+
+# --- the same route with a real Open Inference Protocol client ------------------------------------
+
+def triton_client(server):
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(server.inference_url.removeprefix("http://"), connection_timeout=30,
+                                            network_timeout=30)
+
+
+def triton_inputs(binary: bool, **fields):
+    import tritonclient.http as httpclient
+
+    inputs = []
+    for name, value in fields.items():
+        tensor = httpclient.InferInput(name, [1], "INT64")
+        tensor.set_data_from_numpy(np.array([value], dtype=np.int64), binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+@pytest.mark.integration
+def test_tritonclient_json_tensors_give_the_plain_contracts_images(v2_server, handler_client):
+    import tritonclient.http as httpclient
+
+    client = triton_client(v2_server)
+    outputs = [httpclient.InferRequestedOutput("images", binary_data=False)]
+    result = client.infer(MODEL_NAME, triton_inputs(False, count=2, seed=9, digit=1), outputs=outputs,
+                          headers=v2_server.headers())
+    images = result.as_numpy("images").reshape(2, 28, 28)
+    np.testing.assert_array_equal(images, np.asarray(handler_client.post({"count": 2, "seed": 9, "digit": 1})[1]["images"]))
+
+
+@pytest.mark.integration
+def test_tritonclient_reads_the_handlers_error_message(v2_server):
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_client(v2_server)
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(MODEL_NAME, triton_inputs(False, count=1000), headers=v2_server.headers())
+    assert "'count' must be an integer from 1 to 256, got 1000" in error.value.message()
+    assert error.value.status() == "400"
+
+
+@pytest.mark.integration
+def test_tritonclient_binary_tensors_get_a_clear_message(v2_server):
+    from tritonclient.utils import InferenceServerException
+
+    client = triton_client(v2_server)
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(MODEL_NAME, triton_inputs(True, count=1), headers=v2_server.headers())  # the client's default
+    assert "binary_data=False" in error.value.message()
