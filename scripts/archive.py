@@ -15,6 +15,7 @@ import warnings
 from contextlib import redirect_stdout
 from io import StringIO
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -81,13 +82,13 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: 
     return target
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Build the TorchServe archive (.mar) of the trained generator.")
     parser.add_argument("--weights", type=Path, default=Path("artifacts/generator.pt"))
     parser.add_argument("--metadata", type=Path, default=Path("artifacts/generator.json"))
     parser.add_argument("--export-path", type=Path, default=Path("model_store"))
     parser.add_argument("--model-name", default=MODEL_NAME)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         target = build_archive(args.weights, args.metadata, args.export_path, args.model_name)
     except ValueError as error:

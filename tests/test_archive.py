@@ -19,19 +19,19 @@ from train.artifacts import load_generator
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_archive_packs_model_file_weights_handler_and_metadata(tiny_run, tmp_path):
-    mar = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path)
-    assert mar == tmp_path / "mnist_gan.mar"
+def test_archive_packs_model_file_weights_handler_and_metadata(tiny_store, tiny_run):
+    mar = tiny_store / "mnist_gan.mar"
     names = set(zipfile.ZipFile(mar).namelist())
     assert {"generator.py", "generator.pt", "generator.json", "mnist_gan_handler.py", "request_contract.py",
             "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
     manifest = json.loads(zipfile.ZipFile(mar).read("MAR-INF/MANIFEST.json"))
     assert manifest["model"]["modelFile"] == "generator.py" and manifest["model"]["handler"] == "mnist_gan_handler.py"
-    assert [p.name for p in tmp_path.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers
+    assert [p.name for p in tiny_store.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers
+    assert zipfile.ZipFile(mar).read("generator.pt") == (tiny_run / "generator.pt").read_bytes()
 
 
-def test_archive_packs_an_onnx_export_that_draws_the_generators_images(tiny_run, tmp_path):
-    mar = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path)
+def test_archive_packs_an_onnx_export_that_draws_the_generators_images(tiny_run, tiny_store, tmp_path):
+    mar = tiny_store / "mnist_gan.mar"
     (tmp_path / ONNX_FILE).write_bytes(zipfile.ZipFile(mar).read(ONNX_FILE))  # the name the handler loads
     session = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
     model, _ = load_generator(tiny_run / "generator.pt", tiny_run / "generator.json")
@@ -44,21 +44,36 @@ def test_archive_packs_an_onnx_export_that_draws_the_generators_images(tiny_run,
         assert np.abs(images - expected).max() < 1e-5
 
 
-def test_archive_refuses_an_export_that_does_not_match(tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(scripts.archive, "EXPORT_TOLERANCE", -1.0)  # no export can pass: the check must refuse
+def test_archive_refuses_an_export_of_other_weights_at_the_real_tolerance(tiny_run, tmp_path, monkeypatch):
+    # An exporter that writes the graph of another generator (same shape, other weights) into the archive.
+    real_export = torch.onnx.export
+    torch.manual_seed(1)
+    impostor = Generator(**json.loads((tiny_run / "generator.json").read_text())["model"]).eval()
+    monkeypatch.setattr(torch.onnx, "export", lambda model, *args, **kwargs: real_export(impostor, *args, **kwargs))
     with pytest.raises(ValueError, match="ONNX export of the generator is off"):
         build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def _refused(weights: Path, metadata: Path, export: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "scripts.archive", "--weights", str(weights), "--metadata",
-                             str(metadata), "--export-path", str(export)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode != 0
+    """`make archive`'s main() in-process: it must exit with a message, leaving no archive."""
+    with pytest.raises(SystemExit) as exit_info:
+        scripts.archive.main(["--weights", str(weights), "--metadata", str(metadata), "--export-path", str(export)])
+    assert exit_info.value.code != 0
     assert not (export / "mnist_gan.mar").exists()
-    assert "Traceback" not in result.stderr
-    return result.stderr
+    return str(exit_info.value.code)
+
+
+def test_archive_cli_builds_and_refuses_with_a_message_not_a_traceback(tiny_run, tmp_path):
+    command = [sys.executable, "-m", "scripts.archive", "--metadata", str(tiny_run / "generator.json"),
+               "--export-path", str(tmp_path / "store")]
+    built = subprocess.run(command + ["--weights", str(tiny_run / "generator.pt")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=180)
+    assert built.returncode == 0 and (tmp_path / "store" / "mnist_gan.mar").is_file(), built.stderr[-1000:]
+    refused = subprocess.run(command + ["--weights", str(tmp_path / "missing.pt"), "--export-path", str(tmp_path / "x")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert refused.returncode != 0 and "refusing to build a broken archive" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize("case", ["wrong-architecture", "truncated", "pickled-model", "missing", "not-tensors"])
@@ -90,14 +105,21 @@ def test_archive_refuses_missing_or_broken_metadata(tiny_run, tmp_path):
     assert "does not exist" in _refused(tiny_run / "generator.pt", tmp_path / "none.json", tmp_path / "store")
 
 
-def test_failed_archive_keeps_the_previous_good_one(tiny_run, tmp_path):
+def test_an_archiver_failing_after_staging_keeps_the_previous_archive(tiny_run, tiny_store, tmp_path, monkeypatch):
     store = tmp_path / "store"
-    good = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
-    before = good.read_bytes()
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"garbage")
-    result = subprocess.run([sys.executable, "-m", "scripts.archive", "--weights", str(bad), "--metadata",
-                             str(tiny_run / "generator.json"), "--export-path", str(store)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert good.read_bytes() == before
+    store.mkdir()
+    (store / "mnist_gan.mar").write_bytes((tiny_store / "mnist_gan.mar").read_bytes())
+    before = (store / "mnist_gan.mar").read_bytes()
+    real_run = subprocess.run
+
+    def archiver_dies_half_way(command, **kwargs):  # writes half an archive into staging, then fails
+        staging = Path(command[command.index("--export-path") + 1])
+        (staging / "mnist_gan.mar").write_bytes(before[: len(before) // 2])
+        raise subprocess.CalledProcessError(1, command)
+
+    monkeypatch.setattr(scripts.archive.subprocess, "run", archiver_dies_half_way)
+    with pytest.raises(subprocess.CalledProcessError):
+        build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
+    monkeypatch.setattr(scripts.archive.subprocess, "run", real_run)
+    assert (store / "mnist_gan.mar").read_bytes() == before
+    assert [p.name for p in store.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers

@@ -1,6 +1,7 @@
 """Training: presets, artifacts, missing data, reproducibility, checkpoints and resuming."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from torch import nn
 from handler.generator import Generator
 from train.config import PRESETS, make_config
 from train.data import MnistMissing, load_mnist
-from train.train import Trainer, run
+from train.train import Trainer, main, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,59 +112,104 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
     assert meta["epochs"] == 2 and meta["steps"] == 8
 
 
-def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path, data_dir):
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "train", "--preset", "cdcgan", "--limit", "1024", "--batch-size", "16",
-               "--epochs", "6", "--data-dir", str(data_dir), "--out-dir", str(out), "--threads", "1"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = out / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process.poll() is None, "training ended before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    state = torch.load(checkpoint, weights_only=True)  # the checkpoint is whole, never half-written
-    killed_at = state["epoch"]
-    assert 1 <= killed_at < 6
-    assert not (out / "generator.pt").exists()
-    result = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming cdcgan at epoch {killed_at + 1}" in result.stderr
-    meta = json.loads((out / "generator.json").read_text())
-    assert meta["epochs"] == 6 and meta["steps"] == 6 * 64
-    assert len(list((out / "samples").glob("epoch_*.png"))) == 6
+# A run long enough to interrupt mid-epoch (128 steps an epoch), short enough for the suite.
+RESUME_RUN = dict(preset="cdcgan", limit=2048, batch_size=16, epochs=2, seed=5, threads=1)
 
 
-def test_interrupted_run_saves_a_mid_epoch_checkpoint_and_resumes(tmp_path, data_dir):
-    out = tmp_path / "run"
-    steps_per_epoch = 4096 // 16
-    command = [sys.executable, "-m", "train", "--preset", "cdcgan", "--limit", "4096", "--batch-size", "16",
-               "--epochs", "4", "--data-dir", str(data_dir), "--out-dir", str(out), "--threads", "1"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _cli(data_dir: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "train", "--preset", RESUME_RUN["preset"], "--limit", str(RESUME_RUN["limit"]),
+            "--batch-size", str(RESUME_RUN["batch_size"]), "--epochs", str(RESUME_RUN["epochs"]),
+            "--seed", str(RESUME_RUN["seed"]), "--threads", "1", "--data-dir", str(data_dir), "--out-dir", str(out)]
+
+
+def _resume_config(data_dir: Path, out: Path):
+    settings = {k: v for k, v in RESUME_RUN.items() if k != "preset"}
+    return make_config(RESUME_RUN["preset"], data_dir=str(data_dir), out_dir=str(out), **settings)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir) -> dict:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run(_resume_config(data_dir, out))
+    return _weights(out)
+
+
+def _signal_on_progress(command: list[str], epoch: int, signum: int) -> tuple[int, str]:
+    """Starts training and sends `signum` once its progress bar shows a finished step of `epoch`
+    (a real progress signal, not a sleep); returns the exit code and everything it wrote to stderr."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    progress = re.compile(rb"epoch %d/\d+:.*?\| *([1-9]\d*)/(\d+) " % epoch)
+    seen = b""
     try:
-        deadline = time.monotonic() + 120
-        for line in iter(process.stderr.readline, ""):  # wait until training has really started
-            if "training cdcgan" in line or time.monotonic() > deadline:
+        while chunk := os.read(process.stderr.fileno(), 65536):
+            seen += chunk
+            match = progress.search(seen)
+            if match and int(match.group(1)) < int(match.group(2)):
+                process.send_signal(signum)
                 break
-        time.sleep(1.5)
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        _, stderr = process.communicate(timeout=60)
+        seen += process.stderr.read()
+        process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, stderr[-1000:]
-    assert "RESUME=1" in stderr
-    state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 0 < state["steps"] < 4 * steps_per_epoch
+    assert match, f"training ended before epoch {epoch} showed progress: {seen[-1500:].decode()}"
+    return process.returncode, seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_saves_mid_epoch_and_resumes_to_the_same_weights(signum, uninterrupted, data_dir, tmp_path):
+    code, stderr = _signal_on_progress(_cli(data_dir, tmp_path), epoch=1, signum=signum)
+    assert code == 128 + signum, stderr[-1500:]
+    assert "checkpoint saved" in stderr and "RESUME=1" in stderr
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    steps_per_epoch = RESUME_RUN["limit"] // RESUME_RUN["batch_size"]
+    assert 0 < state["steps"] < RESUME_RUN["epochs"] * steps_per_epoch
     assert state["epoch"] * steps_per_epoch + state["step_in_epoch"] == state["steps"]
-    result = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((out / "generator.json").read_text())["steps"] == 4 * steps_per_epoch
+    assert not (tmp_path / "generator.pt").exists()
+    run(_resume_config(data_dir, tmp_path), resume=True)
+    resumed = _weights(tmp_path)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)  # bit for bit
+
+
+def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_weights(uninterrupted, data_dir, tmp_path):
+    code, _ = _signal_on_progress(_cli(data_dir, tmp_path), epoch=2, signum=signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # whole, never half-written
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # the end of epoch 1: nothing later survives
+    assert not (tmp_path / "generator.pt").exists()
+    run(_resume_config(data_dir, tmp_path), resume=True)
+    resumed = _weights(tmp_path)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    assert json.loads((tmp_path / "generator.json").read_text())["steps"] == 2 * 128
+
+
+def test_a_run_killed_before_its_first_checkpoint_cannot_be_resumed_and_leaves_nothing(data_dir, tmp_path):
+    code, _ = _signal_on_progress(_cli(data_dir, tmp_path), epoch=1, signum=signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "generator.pt").exists()
+    with pytest.raises(SystemExit, match="no checkpoint at .*start a run without RESUME"):
+        main(["--resume", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
+
+
+def test_resume_refuses_another_presets_checkpoint(tiny_tutorial_run, data_dir):
+    with pytest.raises(SystemExit, match="is a 'tutorial' run, not 'cdcgan'"):
+        main(["--resume", "--preset", "cdcgan", "--data-dir", str(data_dir), "--out-dir", str(tiny_tutorial_run)])
+
+
+@pytest.mark.parametrize("ema_decay", [0.999, 0.0])
+def test_generator_pt_holds_the_served_network(ema_decay, data_dir, tmp_path):
+    # The EMA copy when there is one (and not the raw G), else the raw G: what the checkpoint says.
+    run(make_config("cdcgan", epochs=1, limit=128, batch_size=32, data_dir=str(data_dir), out_dir=str(tmp_path),
+                    ema_decay=ema_decay))
+    served, state = _weights(tmp_path), torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    if ema_decay:
+        expected = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+        assert not all(torch.equal(served[k], state["generator"][k]) for k in served)
+    else:
+        expected = state["generator"]
+    assert served.keys() == expected.keys()
+    assert all(torch.equal(served[k], expected[k]) for k in served)
+    assert json.loads((tmp_path / "generator.json").read_text())["served_weights"] == ("ema" if ema_decay else "generator")
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

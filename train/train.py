@@ -76,6 +76,7 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.steps, self.images_seen = 0, 0, 0, 0
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.history: list[dict[str, float]] = []
+        self.stop_signal = 0  # set by a signal handler: fit() returns after the step in progress
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         if self.config.optimizer == "sgd":
@@ -132,7 +133,7 @@ class Trainer:
         cfg = self.config
         images, labels = images.to(self.device), labels.to(self.device)
         conditional = cfg.num_classes > 0
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self.stop_signal:
             # The order depends only on (seed, epoch): a resumed run sees the same batches.
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
             batches = order.split(cfg.batch_size)
@@ -159,9 +160,13 @@ class Trainer:
                         d_sum = g_sum = torch.zeros((), device=self.device)
                         window = 0
                     bar.update()
+                    if self.stop_signal:
+                        break
             finally:
                 self.elapsed += time.perf_counter() - started
                 bar.close()
+            if self.step_in_epoch < len(batches):
+                return  # stopped mid-epoch: the caller saves the checkpoint
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
             self.save_epoch_pictures()
             self.save_checkpoint()
@@ -299,18 +304,21 @@ def run(config: TrainConfig, resume: bool = False) -> Trainer:
         print(f"resuming {config.preset} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}", file=sys.stderr)
     print(f"training {config.preset} on {len(images)} images, device {trainer.device}, {threads} thread(s)", file=sys.stderr)
 
-    def save_and_exit(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    def request_stop(signum: int, frame: Any) -> None:
+        trainer.stop_signal = signum  # the loop stops after the step in progress, so a resume repeats nothing
 
-    previous_handler = signal.signal(signal.SIGTERM, save_and_exit)  # `kill` saves like Ctrl-C does
+    handled = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C and `kill` both save the run
+    previous = {signum: signal.signal(signum, request_stop) for signum in handled}
     try:
         trainer.fit(images, labels)
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        print(f"\ninterrupted: checkpoint saved to {checkpoint_path}; continue with `make train RESUME=1`", file=sys.stderr)
-        raise SystemExit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if trainer.stop_signal:
+        trainer.save_checkpoint()
+        print(f"\ninterrupted: checkpoint saved to {checkpoint_path} (epoch {trainer.epoch + 1}, step "
+              f"{trainer.step_in_epoch}); continue with `make train RESUME=1`", file=sys.stderr)
+        raise SystemExit(128 + trainer.stop_signal)
     trainer.save_final(config.data_dir, len(images))
     return trainer
 
