@@ -92,24 +92,13 @@ def _weights(out: Path) -> dict:
 
 
 def test_same_seed_gives_bit_identical_weights(tmp_path, data_dir):
-    settings = dict(epochs=1, limit=128, batch_size=32, data_dir=str(data_dir), seed=7)
+    settings = dict(epochs=1, limit=64, batch_size=32, data_dir=str(data_dir), seed=7)
     run(make_config("cdcgan", out_dir=str(tmp_path / "a"), **settings))
     run(make_config("cdcgan", out_dir=str(tmp_path / "b"), **settings))
     run(make_config("cdcgan", out_dir=str(tmp_path / "c"), **{**settings, "seed": 8}))
     a, b, c = (_weights(tmp_path / x) for x in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-
-
-def test_resumed_run_equals_uninterrupted_run(tmp_path, data_dir):
-    settings = dict(limit=128, batch_size=32, data_dir=str(data_dir), seed=3)
-    run(make_config("cdcgan", epochs=2, out_dir=str(tmp_path / "straight"), **settings))
-    run(make_config("cdcgan", epochs=1, out_dir=str(tmp_path / "split"), **settings))
-    run(make_config("cdcgan", epochs=2, out_dir=str(tmp_path / "split"), **settings), resume=True)
-    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
-    assert all(torch.equal(straight[k], split[k]) for k in straight)
-    meta = json.loads((tmp_path / "split" / "generator.json").read_text())
-    assert meta["epochs"] == 2 and meta["steps"] == 8
 
 
 # A run long enough to interrupt mid-epoch (128 steps an epoch), short enough for the suite.
