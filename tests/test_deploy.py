@@ -251,6 +251,18 @@ def test_a_proxy_without_a_token_serves_nothing(pods, tmp_path):
             proxy.wait(10)
 
 
+@pytest.mark.integration
+def test_a_pod_whose_torchserve_stops_leaves_the_other_serving(pods, pod_token):
+    # Runs last of the pod tests: stopping one server must stop that one only.
+    pods[0].server.stop()
+    assert pods[0].server.pid() is None and pods[1].server.pid() is not None
+    down = requests.post(f"{pods[0].url}/predictions/{MODEL_NAME}", json={"count": 1}, headers=bearer(pod_token), timeout=30)
+    assert down.status_code == 503  # the proxy's answer for a backend that is gone
+    assert requests.get(f"{pods[0].url}/ping", timeout=30).status_code == 503  # readiness fails: no traffic sent here
+    up = requests.post(f"{pods[1].url}/predictions/{MODEL_NAME}", json={"count": 1}, headers=bearer(pod_token), timeout=30)
+    assert up.status_code == 200
+
+
 # The InferenceService is a KServe CRD, not in kubernetes-validate's schemas: this hand-written
 # JSON schema covers exactly the fields the manifest uses (names and types from KServe's v1beta1 API).
 INFERENCE_SERVICE_SCHEMA = {
