@@ -28,7 +28,7 @@ train: install
 	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) --out-dir $(OUT) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume)
 
-# The tutorial recipe, the baseline of `make evaluate` and `make bench-train` (about 21 minutes here).
+# The tutorial recipe, the baseline of `make evaluate` and `make bench-train` (batch size 1: slow; docs/training.md).
 baseline: install
 	$(MAKE) train PRESET=tutorial OUT=artifacts/presets/tutorial $(if $(RESUME),RESUME=1)
 

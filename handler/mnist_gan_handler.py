@@ -33,8 +33,8 @@ def set_request_logs(enabled: bool) -> None:
 
     TorchServe's worker prints three lines per request: "Backend received inference at",
     and the HandlerTime and PredictionTime metrics. Every line wakes the Java frontend's log
-    reader, which on 2 vCPUs cost 0.3 to 1.2 ms of a 3-4 ms count=1 request (measured). Off,
-    the frontend still keeps its own latency metrics and access log; warnings and errors pass.
+    reader, which competes with the request for the cores. Off, the frontend still keeps its own
+    latency metrics and access log; warnings and errors pass.
     """
     logging.getLogger("ts.metrics.caching_metric").setLevel(logging.NOTSET if enabled else logging.WARNING)
     root = logging.getLogger()
@@ -61,8 +61,8 @@ class DigitGANHandler(BaseHandler):
         runtime = options.get("runtime", "onnxruntime")
         if runtime not in RUNTIMES:
             raise ValueError(f"model-config.yaml: handler: runtime must be one of {RUNTIMES}, got {runtime!r}")
-        # ONNX Runtime on a CPU: 1.8-2.9x PyTorch's images/s (make bench; one in-process run), half its time for one image
-        # (measured); PyTorch on a GPU, or when the config asks for it. Both run the same trained weights.
+        # ONNX Runtime on a CPU, where it runs these small convolutions faster than PyTorch (docs/serving.md);
+        # PyTorch on a GPU, or when the config asks for it. Both run the same trained weights.
         on_cpu_onnx = runtime == "onnxruntime" and self.device.type == "cpu"
         self.session = self._onnx_session(model_dir, threads) if on_cpu_onnx else None
         adapt_kservev2_envelope()  # with service_envelope=kservev2: protocol error bodies, 400 not 503
@@ -127,10 +127,10 @@ class DigitGANHandler(BaseHandler):
         """count x 28 x 28 float32 images; the same request gives bit-identical images.
 
         Each request gets its own forward pass: the same inputs in a differently shaped
-        batch differ in the last bits (measured: up to 1.2e-7), which rounding can expose.
+        batch differ in the last bits, which rounding can expose.
         """
         # One reseeded generator, not a new one per request: a count=1 request is mostly
-        # per-call overhead, paid with cold caches (measured).
+        # per-call overhead, paid with cold caches.
         noise, labels = sample_latent(self.model, request.count, self.rng.manual_seed(request.seed), request.digit)
         if self.session is not None:
             images = self.session.run(None, onnx_feeds(noise, labels))[0]

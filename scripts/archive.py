@@ -20,14 +20,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from scripts import MODEL_NAME
 from handler.generator import ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
 from train.artifacts import atomic_path, load_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER_DIR = ROOT / "handler"
-MODEL_NAME = "mnist_gan"
-# ONNX Runtime's kernels sum in another order than PyTorch's: measured up to 1e-6 apart on the
-# trained generator. Anything far beyond that means the export went wrong.
+# ONNX Runtime's kernels sum in another order than PyTorch's, so the two differ in the last bits;
+# anything as large as the contract's rounding step means the export went wrong.
 EXPORT_TOLERANCE = 1e-4
 
 

@@ -34,7 +34,8 @@ import torch
 
 from scripts.archive import HANDLER_DIR, build_archive
 from scripts.local_handler import LocalHandler, unpack_archive
-from scripts.server import MODEL_NAME, TorchServe, free_ports
+from scripts import MODEL_NAME
+from scripts.server import TorchServe, free_ports
 from handler.generator import onnx_feeds
 from train.artifacts import load_generator
 

@@ -14,61 +14,66 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
+from scripts import MODEL_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_NAME = "mnist_gan"
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri's contents
 
-# KServe's documented TorchServe config (pytorch/serve kubernetes/kserve/README.md), tightened:
-# - inference on 8085: KServe's wrapper in the same container owns 8080 and forwards to 8085.
-# - Everything TorchServe serves binds to 127.0.0.1: only that wrapper, in the same container, calls
-#   it. The wrapper sends no Authorization header (pytorch/serve#3301), so TorchServe's token auth is
-#   off here and authorization is KServe's job (Istio/Knative in front of the wrapper; see deploy/README.md).
-# - enable_envvars_config=true: KServe's runtime sets TS_SERVICE_ENVELOPE=kservev2 for protocolVersion v2;
-#   service_envelope=kservev2 says the same in the file, so the bundle works with either.
-# - batchSize 1: the kservev2 envelope only reads the first request of a batch.
-SNAPSHOT = {
-    "name": "startup.cfg",
-    "modelCount": 1,
-    "models": {MODEL_NAME: {"1.0": {
-        "defaultVersion": True, "marName": f"{MODEL_NAME}.mar",
-        "minWorkers": 2, "maxWorkers": 2, "batchSize": 1, "maxBatchDelay": 2, "responseTimeout": 30,
-    }}},
-}
-CONFIG = {
+
+def model_snapshot() -> dict:
+    """Registers the model the way KServe's TorchServe reads it, with handler/model-config.yaml's workers."""
+    model_config = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
+    version = {key: model_config[key] for key in ("minWorkers", "maxWorkers", "maxBatchDelay", "responseTimeout")}
+    # batchSize 1 whatever the plain route uses: the kservev2 envelope only reads a batch's first request.
+    version.update(defaultVersion=True, marName=f"{MODEL_NAME}.mar", batchSize=1)
+    return {"name": "startup.cfg", "modelCount": 1, "models": {MODEL_NAME: {"1.0": version}}}
+
+
+# The bundle's config is the repository's config.properties with these changes, for KServe's documented
+# TorchServe layout (pytorch/serve kubernetes/kserve/README.md):
+OVERRIDES = {
+    # KServe's wrapper in the same container owns 8080 and forwards to 8085. Only it calls TorchServe,
+    # so everything stays on 127.0.0.1.
     "inference_address": "http://127.0.0.1:8085",
     "management_address": "http://127.0.0.1:8085",
     # Prometheus scraping (KServe's prometheus.kserve.io/port annotation): read-only, no inference.
     "metrics_address": "http://0.0.0.0:8082",
-    "grpc_inference_address": "127.0.0.1",
-    "grpc_management_address": "127.0.0.1",
     "enable_metrics_api": "true",
     "metrics_format": "prometheus",
-    "metrics_mode": "prometheus",
+    # KServe's runtime sets TS_SERVICE_ENVELOPE=kservev2 for protocolVersion v2; the file says the same.
     "enable_envvars_config": "true",
     "service_envelope": "kservev2",
+    # The wrapper sends no Authorization header (pytorch/serve#3301): TorchServe's token cannot stay on;
+    # authorization is KServe's (Istio/Knative in front of the wrapper; see deploy/README.md).
     "disable_token_authorization": "true",
-    "enable_model_api": "false",
-    "install_py_dep_per_model": "false",
-    "number_of_netty_threads": "2",
-    "netty_client_threads": "2",
-    "job_queue_size": "256",
-    "max_request_size": "65536",
-    # v2 responses are JSON tensors (json.dumps): count=256 is ~1.7 MB.
+    # v2 responses are JSON tensors written with json.dumps: larger than the plain route's.
     "max_response_size": "8388608",
-    "default_response_timeout": "30",
     "model_store": f"{MOUNT}/model-store",
-    "model_snapshot": json.dumps(SNAPSHOT, separators=(",", ":")),
 }
+REMOVED = ("load_models",)  # the model_snapshot registers the model instead
 REQUIRED_KEYS = ("inference_address", "management_address", "metrics_address", "enable_envvars_config",
                  "service_envelope", "model_store", "model_snapshot", "disable_token_authorization",
                  "enable_model_api")
 
 
 def render_config() -> str:
-    header = ("# TorchServe inside KServe (written by `make kserve-bundle`; see deploy/README.md).\n"
-              "# Loopback only: KServe's wrapper (port 8080, same container) is the only caller; token auth\n"
-              "# is off because that wrapper cannot send a token, and authorization happens in front of KServe.\n")
-    return header + "".join(f"{key}={value}\n" for key, value in CONFIG.items())
+    """config.properties with OVERRIDES applied, REMOVED dropped and the model_snapshot added."""
+    lines, seen = [], set()
+    for line in (ROOT / "config.properties").read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if line.startswith("#") or "=" not in line:
+            continue  # the repository's comments explain the repository's values
+        if key in REMOVED:
+            continue
+        seen.add(key)
+        lines.append(f"{key}={OVERRIDES.get(key, line.split('=', 1)[1])}")
+    lines += [f"{key}={value}" for key, value in OVERRIDES.items() if key not in seen]
+    lines.append("model_snapshot=" + json.dumps(model_snapshot(), separators=(",", ":")))
+    header = ("# TorchServe inside KServe, written by `make kserve-bundle` from config.properties (see\n"
+              "# scripts/kserve_bundle.py for each change and deploy/README.md for the route).\n")
+    return header + "\n".join(lines) + "\n"
 
 
 def read_properties(path: Path) -> dict[str, str]:

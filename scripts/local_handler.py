@@ -119,8 +119,8 @@ class LocalHandler:
             sys.path.insert(0, str(model_dir))  # TorchServe puts the model dir on the path too
         metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
         metrics.initialize_cache()
-        metrics.model_name = "mnist_gan"
         manifest = orjson.loads((Path(model_dir) / "MAR-INF" / "MANIFEST.json").read_bytes())
+        metrics.model_name = manifest["model"]["modelName"]  # as TorchServe's worker sets it
         self.service = TsModelLoader().load(manifest["model"]["modelName"], str(model_dir),
                                             manifest["model"]["handler"], None, batch_size, None, True, metrics)
         self.service.set_cl_socket(None)

@@ -10,6 +10,7 @@ from typing import Optional
 
 import requests
 
+from scripts import MODEL_NAME
 from train.artifacts import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def request_png(url: str, key: str, count: int, seed: Optional[int] = None, digi
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080/predictions/mnist_gan")
+    parser.add_argument("--url", default=f"http://127.0.0.1:8080/predictions/{MODEL_NAME}")
     parser.add_argument("--key-file", type=Path, default=ROOT / "artifacts" / "serve" / "key_file.json",
                         help="TorchServe's key_file.json (written into the server's working directory)")
     parser.add_argument("--count", type=int, default=16)

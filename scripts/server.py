@@ -21,8 +21,9 @@ from typing import Optional
 
 import requests
 
+from scripts import MODEL_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_NAME = "mnist_gan"
 DEFAULT_PORTS = (8080, 8081, 8082)  # inference, management, metrics
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 

@@ -23,7 +23,8 @@ import requests
 import yaml
 
 from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle, read_properties
-from scripts.server import MODEL_NAME, TorchServe, free_ports
+from scripts import MODEL_NAME
+from scripts.server import TorchServe, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

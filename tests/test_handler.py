@@ -1,6 +1,7 @@
 """The handler in-process, loaded from the real archive and called by TorchServe's own worker code (no server)."""
 import ast
 import logging
+import sys
 import math
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 
 from cases import (BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSAGE, NEGOTIATION, PNG,
                    RUNTIME_AND_ROUNDING, decode_png, generators_images, grid_size)
-from mnist_gan_handler import ONNX_FILE, set_request_logs
-from request_contract import NotAcceptable, answer_type
+from handler.generator import ONNX_FILE
+from handler.request_contract import NotAcceptable, answer_type
 from scripts.local_handler import LocalHandler, copy_model_dir
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
@@ -214,4 +215,4 @@ def test_per_request_worker_logs_follow_the_model_config(handler_client, tiny_mo
         logging.warning("other lines still pass")
         assert "other lines still pass" in caplog.text
     finally:
-        set_request_logs(False)
+        sys.modules[type(handler_client.handler).__module__].set_request_logs(False)  # the served module's own
