@@ -56,7 +56,7 @@ evaluate: install
 	$(PY) -m train.evaluate --data-dir $(DATA_DIR) --out-dir artifacts
 
 bench: install
-	$(PY) -m scripts.bench --run-dir $(OUT)
+	$(PY) -m experiments.bench --run-dir $(OUT) $(ARGS)
 
 bench-train: install
 	$(PY) -m train.bench_train --data-dir $(DATA_DIR)

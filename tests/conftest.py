@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from scripts.archive import build_archive
-from scripts.local_handler import LocalHandler, unpack_archive
+from experiments.local_handler import LocalHandler, unpack_archive
 
 ROOT = Path(__file__).resolve().parent.parent
 

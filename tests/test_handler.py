@@ -12,7 +12,7 @@ from cases import (BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSA
                    RUNTIME_AND_ROUNDING, decode_png, generators_images, grid_size)
 from handler.generator import ONNX_FILE
 from handler.request_contract import NotAcceptable, answer_type
-from scripts.local_handler import LocalHandler, copy_model_dir
+from experiments.local_handler import LocalHandler, copy_model_dir
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
 

@@ -84,6 +84,11 @@ def load_generator(weights: str | Path, metadata: str | Path) -> tuple[torch.nn.
     return model.eval(), meta
 
 
+def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The trained generator of a run directory (its generator.pt and generator.json) and its metadata."""
+    return load_generator(Path(run_dir) / "generator.pt", Path(run_dir) / "generator.json")
+
+
 def load_generator_state(path: str | Path, model: torch.nn.Module) -> None:
     """Loads a plain state dict into `model`, with a message that says what is wrong if it can't."""
     try:
