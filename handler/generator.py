@@ -27,6 +27,8 @@ class Generator(nn.Module):
       "mlp-sigmoid" - the tutorial's first version: Linear, Sigmoid, Linear, Sigmoid
     noise: the latent distribution the network was trained on ("normal" or "uniform");
       kept here so every sampler draws from the same one.
+    class_norm: dcgan, conditional: every GroupNorm gets a per-digit scale and shift (conditional
+      normalisation), so the digit steers every layer, not only the input vector.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class Generator(nn.Module):
         width: int = 32,
         label_dim: int = 32,
         noise: str = "normal",
+        class_norm: bool = False,
     ) -> None:
         super().__init__()
         if noise not in ("normal", "uniform"):
@@ -47,21 +50,31 @@ class Generator(nn.Module):
             in_dim = latent_dim + (label_dim if num_classes else 0)
             # GroupNorm, not BatchNorm: a served image must not depend on batch statistics (in eval
             # mode BatchNorm's running averages cut sample diversity to a third here, measured).
+            class_norm = class_norm and num_classes > 0
+            # With class_norm the per-digit scale and shift replace GroupNorm's own affine parameters.
             self.net = nn.Sequential(
                 nn.Linear(in_dim, 2 * width * 7 * 7, bias=False),
                 nn.Unflatten(1, (2 * width, 7, 7)),  # 2w x 7 x 7
-                nn.GroupNorm(8, 2 * width),
+                nn.GroupNorm(8, 2 * width, affine=not class_norm),
                 nn.ReLU(),
                 nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # w x 14 x 14
-                nn.GroupNorm(8, width),
+                nn.GroupNorm(8, width, affine=not class_norm),
                 nn.ReLU(),
                 nn.ConvTranspose2d(width, 1, 4, 2, 1),  # 1 x 28 x 28
                 nn.Sigmoid(),
             )
+            # One embedding per GroupNorm, holding [scale | shift] per digit; plain modules, not a layer
+            # class of their own, since TorchServe's model file may define only one class.
+            self.class_norms = None
+            if class_norm:
+                norms = [m.num_channels for m in self.net if isinstance(m, nn.GroupNorm)]
+                self.class_norms = nn.ModuleList(nn.Embedding(num_classes, 2 * c) for c in norms)
+                for embedding in self.class_norms:
+                    nn.init.zeros_(embedding.weight)  # starts as plain GroupNorm (scale 1, shift 0)
         elif arch in ("mlp", "mlp-sigmoid"):
             if num_classes:
                 raise ValueError(f"arch {arch!r} is unconditional: use num_classes=0")
-            self.label_embedding = None
+            self.label_embedding = self.class_norms = None
             hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]
             self.net = nn.Sequential(
                 nn.Linear(latent_dim, MLP_HIDDEN),
@@ -78,7 +91,15 @@ class Generator(nn.Module):
             if labels is None:
                 raise ValueError("this generator is conditional: pass the digit labels")
             noise = torch.cat([noise, self.label_embedding(labels)], dim=1)
-        return self.net(noise)
+        if self.class_norms is None:
+            return self.net(noise)
+        x, norms = noise, iter(self.class_norms)
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.GroupNorm):
+                scale, shift = next(norms)(labels).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+                x = x * (1 + scale) + shift
+        return x
 
 
 def sample_latent(

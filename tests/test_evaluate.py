@@ -4,9 +4,13 @@ import math
 import pytest
 import torch
 
+from handler.generator import Generator
 from train.data import load_mnist
-from train.evaluate import (Evaluator, binomial_blur, kl_to_uniform, mean_pairwise_distance, shift_one_pixel,
-                            train_classifier)
+from train.evaluate import (Evaluator, balanced_subset, binomial_blur, diversity_ratios, generate_per_digit,
+                            kl_to_uniform, mean_pairwise_distance, predict, shift_one_pixel, target_checks, train_classifier)
+
+CAS_EPOCHS = 3  # small sets and few epochs: each CAS here trains for seconds, not minutes
+CAS_PER_DIGIT = 200
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +59,96 @@ def test_kl_to_uniform_and_pairwise_distance_known_values():
     assert mean_pairwise_distance(copies) == 0.0
     two = torch.stack([torch.zeros(1, 28, 28), torch.ones(1, 28, 28)])
     assert mean_pairwise_distance(two) == pytest.approx(28.0)
+
+
+@pytest.fixture(scope="module")
+def cas_sets(data_dir):
+    """Two disjoint balanced sets of real training digits (neither seen by the evaluation classifier)."""
+    images, labels = load_mnist(data_dir, train=True, limit=12000)
+    reference = balanced_subset(images[6000:9000], labels[6000:9000], CAS_PER_DIGIT)
+    other = balanced_subset(images[9000:], labels[9000:], CAS_PER_DIGIT, seed=1)
+    return reference, other
+
+
+@pytest.fixture(scope="module")
+def cas_reference(setup, cas_sets):
+    evaluator = setup[0]
+    return evaluator.cas(*cas_sets[0], epochs=CAS_EPOCHS)
+
+
+def one_image_per_digit(images, labels, classifier):
+    """A "generator" that draws the same image (one the classifier reads right) for every request of a digit."""
+    right = predict(classifier, images) == labels
+    firsts = torch.stack([images[(labels == d) & right][0] for d in range(10)])
+    return firsts[labels], labels
+
+
+def test_balanced_subset_has_the_same_count_of_every_digit(cas_sets):
+    (_, labels), _ = cas_sets
+    assert torch.bincount(labels, minlength=10).tolist() == [CAS_PER_DIGIT] * 10
+
+
+def test_cas_of_real_digits_is_near_the_reference(setup, cas_sets, cas_reference):
+    evaluator = setup[0]
+    assert cas_reference > 0.85
+    assert abs(evaluator.cas(*cas_sets[1], epochs=CAS_EPOCHS) - cas_reference) < 0.03
+
+
+def test_cas_of_labels_shifted_by_one_digit_is_near_zero(setup, cas_sets):
+    evaluator = setup[0]
+    images, labels = cas_sets[1]
+    assert evaluator.cas(images, (labels + 1) % 10, epochs=CAS_EPOCHS) < 0.05
+
+
+def test_cas_of_one_image_per_digit_is_far_below_the_reference(setup, cas_sets, cas_reference):
+    evaluator = setup[0]
+    assert evaluator.cas(*one_image_per_digit(*cas_sets[1], evaluator.classifier), epochs=CAS_EPOCHS) < cas_reference - 0.2
+
+
+def test_requested_digit_accuracy_on_known_cases(setup, cas_sets):
+    evaluator = setup[0]
+    images, labels = cas_sets[1]
+    real = evaluator.row("real", images, labels)
+    assert real.digit_accuracy > 0.9 and min(real.per_digit_accuracy) > 0.8
+    shifted = evaluator.row("labels shifted by one", images, (labels + 1) % 10)
+    assert shifted.digit_accuracy < 0.05 and max(shifted.per_digit_accuracy) < 0.1
+    # One image per digit, each read right: requested-digit accuracy cannot see the collapse,
+    # diversity and CAS (above) do.
+    copies, copy_labels = one_image_per_digit(*cas_sets[1], evaluator.classifier)
+    collapsed = evaluator.row("one image per digit", copies, copy_labels)
+    assert collapsed.per_digit_accuracy == [1.0] * 10
+    assert max(diversity_ratios(collapsed, evaluator.real_pairwise)) == 0.0
+    assert min(diversity_ratios(real, evaluator.real_pairwise)) > 0.8
+
+
+def test_broken_fraction_counts_images_that_read_as_no_digit(setup, cas_sets):
+    evaluator = setup[0]
+    images, labels = cas_sets[1]
+    real = evaluator.row("real", images, labels)
+    assert real.broken < 0.05 and evaluator.real_broken < 0.05
+    # Two different digits laid over each other at half strength read as neither.
+    by_digit = [images[labels == d][:150] for d in range(10)]
+    blends = torch.cat([(by_digit[d] + by_digit[(d + 3) % 10]) / 2 for d in range(10)])
+    assert evaluator.row("blends", blends).broken > max(3 * real.broken, 0.1)
+
+
+def test_targets_flag_a_wrong_label_generator_and_pass_real_digits(setup, cas_sets, cas_reference):
+    evaluator = setup[0]
+    images, labels = cas_sets[1]
+    shifted = evaluator.row("labels shifted by one", images, (labels + 1) % 10)
+    shifted.cas = 0.01
+    checks = dict((text.split(" ")[0] + " " + text.split(" ")[1], ok)
+                  for text, ok in target_checks(shifted, evaluator, cas_reference, train_seconds=60))
+    assert not checks["requested-digit accuracy"] and not checks["CAS 1.00%"]
+    real = evaluator.row("real", images, labels)
+    real.cas = cas_reference
+    results = {text: ok for text, ok in target_checks(real, evaluator, cas_reference, train_seconds=601)}
+    assert any(text.startswith("CAS") and ok for text, ok in results.items())
+    assert any(text.startswith("training time") and not ok for text, ok in results.items())
+
+
+def test_generate_per_digit_asks_for_every_digit_equally():
+    torch.manual_seed(0)
+    images, labels = generate_per_digit(Generator().eval(), 3)
+    assert images.shape == (30, 1, 28, 28)
+    assert labels.tolist() == [d for d in range(10) for _ in range(3)]

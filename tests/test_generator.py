@@ -1,6 +1,7 @@
 """The networks: shapes, ranges, conditioning, and that both sides of the GAN build as configured."""
 import pytest
 import torch
+from torch import nn
 
 from handler.generator import Generator, sample_latent
 from train.discriminator import Discriminator
@@ -74,3 +75,38 @@ def test_a_sample_does_not_depend_on_the_rest_of_its_batch(training):
         together = model(noise, labels)
         alone = torch.cat([model(noise[i:i + 1], labels[i:i + 1]) for i in range(16)])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_class_norm_gives_every_digit_its_own_scale_and_shift():
+    torch.manual_seed(0)
+    model = Generator(class_norm=True).eval()
+    assert len(model.class_norms) == 2
+    assert not any(m.affine for m in model.net if isinstance(m, nn.GroupNorm))  # the per-digit ones replace them
+    noise = torch.randn(2, 100)
+    threes, fives = torch.tensor([3, 3]), torch.tensor([5, 5])
+    with torch.no_grad():
+        before_three, before_five = model(noise, threes), model(noise, fives)
+        model.class_norms[0].weight[5] += 1.0  # a different scale and shift for digit 5 only
+        assert torch.equal(model(noise, threes), before_three)
+        assert not torch.allclose(model(noise, fives), before_five)
+
+
+def test_without_class_norm_the_generator_is_the_plain_one():
+    model = Generator(class_norm=False)
+    assert model.class_norms is None
+    assert all(m.affine for m in model.net if isinstance(m, nn.GroupNorm))
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(projection=True, spectral_norm=True), dict(label_blind_aux=True)])
+def test_discriminator_scores_depend_on_the_digit(settings):
+    torch.manual_seed(0)
+    D = Discriminator(num_classes=10, aux_classifier=True, **settings).eval()
+    images = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        a, b = D(images, torch.tensor([1, 2, 3, 4])), D(images, torch.tensor([5, 6, 7, 8]))
+    assert a.shape == (4, 11)
+    assert not torch.allclose(a[:, 0], b[:, 0])  # the real/fake score sees the label
+    if settings:  # the digit head is not told the answer (fed the label map as an input channel, it is)
+        assert torch.allclose(a[:, 1:], b[:, 1:])
+    else:
+        assert not torch.allclose(a[:, 1:], b[:, 1:])

@@ -12,10 +12,18 @@ class TrainConfig:
     num_classes: int = 10  # 0: unconditional
     width: int = 32  # conv channels of the dcgan networks
     noise: str = "normal"  # latent distribution: "normal" (torch.randn) or "uniform" (torch.rand)
+    class_norm: bool = False  # dcgan G: per-digit scale/shift after each GroupNorm, so the digit steers every layer
+    projection: bool = False  # dcgan D: the digit enters as a projection (Miyato & Koyama) instead of an input channel
+    spectral_norm: bool = False  # dcgan D: spectral norm on every weight (instead of BatchNorm) keeps D smooth
     # optimisation
-    loss: str = "nonsaturating"  # "bce" / "mse" on D's probabilities, "nonsaturating": BCE on D's logits
+    # "bce" / "mse" on D's probabilities, "nonsaturating": BCE on D's logits, "hinge": hinge on D's logits
+    loss: str = "nonsaturating"
     optimizer: str = "adam"  # "adam" or "sgd"
     lr: float = 2e-4
+    lr_d: float = 0.0  # D's learning rate when it differs from G's (two time-scale update rule); 0: lr
+    # "constant", or "linear": both learning rates fall linearly to 0 over the run, so the last steps
+    # refine instead of oscillating around the equilibrium
+    lr_schedule: str = "constant"
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 128
     epochs: int = 8
@@ -24,6 +32,15 @@ class TrainConfig:
     step_style: str = "joint"
     ema_decay: float = 0.999  # serve an exponential moving average of G; 0 serves G itself
     aux_classifier: bool = True  # dcgan: D also classifies the digit, G is trained to match it (AC-GAN)
+    # D's digit head also learns the requested labels of fakes (the original AC-GAN); off, it learns from
+    # real digits only, so it cannot learn to call an ambiguous fake whatever was requested
+    aux_on_fakes: bool = True
+    aux_weight: float = 1.0  # weight of G's digit-classification loss
+    # D's digit head gets its own image-only trunk: fed the label map, it reads the answer off that channel
+    label_blind_aux: bool = False
+    # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
+    # "translation" and "cutout"; it keeps D from memorising the training set
+    diff_augment: str = ""
     # run
     seed: int = 0
     data_dir: str = "data"
@@ -38,6 +55,7 @@ class TrainConfig:
         kwargs = dict(arch=self.arch, latent_dim=self.latent_dim, num_classes=self.num_classes, noise=self.noise)
         if self.arch == "dcgan":
             kwargs["width"] = self.width
+            kwargs["class_norm"] = self.class_norm
         return kwargs
 
 

@@ -29,7 +29,7 @@ from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config
 from train.data import MnistMissing, data_checksum, load_mnist
 from train.discriminator import Discriminator
 
-LOSSES = {"mse": nn.MSELoss, "bce": nn.BCELoss, "nonsaturating": nn.BCEWithLogitsLoss}
+LOSSES = {"mse": nn.MSELoss, "bce": nn.BCELoss, "nonsaturating": nn.BCEWithLogitsLoss, "hinge": None}
 SAMPLE_SEED = 1234  # the per-epoch sample grids use fixed inputs, so frames are comparable
 
 
@@ -57,10 +57,13 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)  # weight initialisation
         self.generator = Generator(**config.generator_kwargs()).to(self.device)
-        self.discriminator = Discriminator(config.arch, config.num_classes, config.width,
-                                           config.aux_classifier).to(self.device)
-        self.opt_g, self.opt_d = (self._optimizer(net) for net in (self.generator, self.discriminator))
-        self.loss_fn = LOSSES[config.loss]()
+        self.discriminator = Discriminator(config.arch, config.num_classes, config.width, config.aux_classifier,
+                                           config.projection, config.spectral_norm,
+                                           config.label_blind_aux).to(self.device)
+        self.opt_g = self._optimizer(self.generator, config.lr)
+        self.opt_d = self._optimizer(self.discriminator, config.lr_d or config.lr)
+        self.loss_fn = LOSSES[config.loss]() if LOSSES[config.loss] is not None else None
+        self.total_steps = 0  # set by fit: the run's length, for the learning-rate schedule
         self.ema: Optional[AveragedModel] = None
         if config.ema_decay:
             decay = config.ema_decay
@@ -78,27 +81,65 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.stop_signal = 0  # set by a signal handler: fit() returns after the step in progress
 
-    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+    def _optimizer(self, net: nn.Module, lr: float) -> torch.optim.Optimizer:
         if self.config.optimizer == "sgd":
-            return torch.optim.SGD(net.parameters(), lr=self.config.lr)
-        return torch.optim.Adam(net.parameters(), lr=self.config.lr, betas=self.config.betas)
+            return torch.optim.SGD(net.parameters(), lr=lr)
+        return torch.optim.Adam(net.parameters(), lr=lr, betas=self.config.betas)
+
+    def _set_learning_rates(self) -> None:
+        """The schedule is a function of the step count alone, so a resumed run follows it exactly."""
+        if self.config.lr_schedule == "constant" or not self.total_steps:
+            return
+        factor = max(0.0, 1 - self.steps / self.total_steps)
+        for optimizer, lr in ((self.opt_g, self.config.lr), (self.opt_d, self.config.lr_d or self.config.lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """DiffAugment: differentiable translation (by up to 1/8 of the image) and cutout (half the side)."""
+        if not self.config.diff_augment:
+            return images
+        n, _, h, w = images.shape
+        policies = self.config.diff_augment.split(",")
+        if "translation" in policies:
+            shift = max(1, h // 8)
+            dx, dy = (torch.randint(-shift, shift + 1, (n,), generator=self.noise_rng) for _ in range(2))
+            padded = F.pad(images, (shift, shift, shift, shift))
+            rows = (torch.arange(h)[None, :] + shift - dy[:, None]).to(images.device)  # n x h
+            cols = (torch.arange(w)[None, :] + shift - dx[:, None]).to(images.device)  # n x w
+            batch = torch.arange(n, device=images.device)[:, None, None]
+            images = padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+        if "cutout" in policies:
+            size = h // 2
+            cy, cx = (torch.randint(0, h + 1 - size, (n,), generator=self.noise_rng) for _ in range(2))
+            ys, xs = torch.arange(h)[None, :], torch.arange(w)[None, :]
+            inside_y = (ys >= cy[:, None]) & (ys < cy[:, None] + size)
+            inside_x = (xs >= cx[:, None]) & (xs < cx[:, None] + size)
+            mask = ~(inside_y[:, :, None] & inside_x[:, None, :])
+            images = images * mask.unsqueeze(1).to(images)
+        return images
 
     # -- one optimisation step -------------------------------------------------------
     def _latent(self, count: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         noise, labels = sample_latent(self.generator, count, self.noise_rng)
         return noise.to(self.device), None if labels is None else labels.to(self.device)
 
-    def _loss(self, scores: torch.Tensor, target: float, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The adversarial loss on column 0, plus the digit-classification loss when D has that head."""
+    def _loss(self, scores: torch.Tensor, target: float, labels: Optional[torch.Tensor] = None,
+              aux_weight: float = 1.0, for_generator: bool = False) -> torch.Tensor:
+        """The adversarial loss on column 0, plus (weighted) the digit-classification loss when D has that head."""
         adversarial = scores[:, :1]
-        loss = self.loss_fn(adversarial, torch.full_like(adversarial, target))
-        if scores.shape[1] > 1:
-            loss = loss + F.cross_entropy(scores[:, 1:], labels)
+        if self.loss_fn is None:  # hinge: D pushes real above +1 and fake below -1; G raises its fakes' score
+            loss = -adversarial.mean() if for_generator else F.relu(1 - (2 * target - 1) * adversarial).mean()
+        else:
+            loss = self.loss_fn(adversarial, torch.full_like(adversarial, target))
+        if scores.shape[1] > 1 and aux_weight:
+            loss = loss + aux_weight * F.cross_entropy(scores[:, 1:], labels)
         return loss
 
     def train_step(self, real: torch.Tensor, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of D and one of G; returns their losses (detached tensors)."""
         G, D = self.generator, self.discriminator
+        self._set_learning_rates()
         if self.config.step_style == "tutorial":
             self.opt_d.zero_grad()
             loss_real = self._loss(D(real, labels), 1.0)
@@ -116,12 +157,15 @@ class Trainer:
             noise, fake_labels = self._latent(len(real))
             fake = G(noise, fake_labels)
             self.opt_d.zero_grad()
-            d_loss = self._loss(D(real, labels), 1.0, labels) + self._loss(D(fake.detach(), fake_labels), 0.0, fake_labels)
+            fake_aux = 1.0 if self.config.aux_on_fakes else 0.0
+            d_loss = (self._loss(D(self._augment(real), labels), 1.0, labels)
+                      + self._loss(D(self._augment(fake.detach()), fake_labels), 0.0, fake_labels, fake_aux))
             d_loss.backward()
             self.opt_d.step()
             d_loss = d_loss.detach() / 2
         self.opt_g.zero_grad()
-        g_loss = self._loss(D(fake, fake_labels), 1.0, fake_labels)  # non-saturating: G wants D to say "real"
+        # non-saturating: G wants D to say "real" (and, with D's digit head, the requested digit)
+        g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight, for_generator=True)
         g_loss.backward()
         self.opt_g.step()
         if self.ema is not None:
@@ -133,6 +177,7 @@ class Trainer:
         cfg = self.config
         images, labels = images.to(self.device), labels.to(self.device)
         conditional = cfg.num_classes > 0
+        self.total_steps = cfg.epochs * -(-len(images) // cfg.batch_size)
         while self.epoch < cfg.epochs and not self.stop_signal:
             # The order depends only on (seed, epoch): a resumed run sees the same batches.
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
