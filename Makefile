@@ -53,16 +53,16 @@ demo: install
 	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
 
 evaluate: install
-	$(PY) -m train.evaluate --data-dir $(DATA_DIR) --out-dir artifacts
+	$(PY) -m experiments.evaluate --data-dir $(DATA_DIR) --out-dir artifacts
 
 bench: install
 	$(PY) -m experiments.bench --run-dir $(OUT) $(ARGS)
 
 bench-train: install
-	$(PY) -m train.bench_train --data-dir $(DATA_DIR)
+	$(PY) -m experiments.bench_train --data-dir $(DATA_DIR)
 
 ablation: install
-	$(PY) -m train.ablation --data-dir $(DATA_DIR)
+	$(PY) -m experiments.ablation --data-dir $(DATA_DIR)
 
 test: install
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest

@@ -103,9 +103,12 @@ class Generator(nn.Module):
 
 
 def sample_latent(
-    model: Generator, count: int, rng: torch.Generator, digit: Optional[int] = None
+    model: Generator, count: int, rng: torch.Generator, digit: Optional[int] = None,
+    digits: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Draws `count` noise vectors (and labels: `digit`, else uniform over the classes) from `rng`.
+    """Draws `count` noise vectors and, for a conditional model, their labels: `digit` for every
+    sample, or the given `digits` (one per sample; an unconditional model takes none), else uniform
+    over the classes from `rng`.
 
     Everything comes from `rng`, so a seeded `rng` reproduces the same inputs on any
     machine; the tensors are on the CPU (move them to the model's device yourself).
@@ -116,11 +119,11 @@ def sample_latent(
         if digit is not None:
             raise ValueError("this generator is unconditional: it cannot draw a requested digit")
         return noise, None
+    if digits is not None:
+        return noise, digits
     if digit is None:
-        labels = torch.randint(0, model.num_classes, (count,), generator=rng)
-    else:
-        labels = torch.full((count,), digit, dtype=torch.long)
-    return noise, labels
+        return noise, torch.randint(0, model.num_classes, (count,), generator=rng)
+    return noise, torch.full((count,), digit, dtype=torch.long)
 
 
 def onnx_feeds(noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:

@@ -6,7 +6,7 @@ import torch
 
 from handler.generator import Generator
 from train.data import load_mnist
-from train.evaluate import (Evaluator, balanced_subset, binomial_blur, diversity_ratios, generate_per_digit,
+from experiments.evaluate import (Evaluator, balanced_subset, binomial_blur, diversity_ratios, generate_per_digit,
                             kl_to_uniform, mean_pairwise_distance, predict, shift_one_pixel, target_checks, train_classifier)
 
 CAS_EPOCHS = 3  # small sets and few epochs: each CAS here trains for seconds, not minutes

@@ -66,19 +66,21 @@ _TUTORIAL_V1 = dict(
     lr=0.01, betas=(0.9, 0.999), batch_size=1, epochs=1, step_style="tutorial", ema_decay=0.0,
     aux_classifier=False,
 )
-_TUTORIAL_STEPS = {
-    "tutorial-v1": {},
-    "tutorial-v2-bce": dict(loss="bce"),
-    "tutorial-v3-leaky-layernorm": dict(arch="mlp", latent_dim=100),
-    "tutorial-v4-adam": dict(optimizer="adam", lr=1e-4),
-    "tutorial-v5-randn": dict(noise="normal"),
-    "tutorial": dict(epochs=4),
+# step: (what it changes, in words; the settings it changes)
+TUTORIAL_STEPS = {
+    "tutorial-v1": ("MLP G(1→200→784) fed one torch.rand number, sigmoid; MSE; SGD 0.01; 1 epoch", {}),
+    "tutorial-v2-bce": ("BCE loss instead of MSE", dict(loss="bce")),
+    "tutorial-v3-leaky-layernorm": ("LeakyReLU(0.02) + LayerNorm(200) in both; G takes 100 numbers",
+                                    dict(arch="mlp", latent_dim=100)),
+    "tutorial-v4-adam": ("Adam lr 1e-4 instead of SGD", dict(optimizer="adam", lr=1e-4)),
+    "tutorial-v5-randn": ("noise from torch.randn instead of torch.rand", dict(noise="normal")),
+    "tutorial": ("the same for 4 epochs (the `tutorial` preset)", dict(epochs=4)),
 }
 
 
 def _build_presets() -> dict[str, dict[str, Any]]:
     presets, settings = {}, dict(_TUTORIAL_V1)
-    for name, change in _TUTORIAL_STEPS.items():
+    for name, (_, change) in TUTORIAL_STEPS.items():
         settings = {**settings, **change}
         presets[name] = dict(settings)
     presets["cdcgan"] = {}  # the dataclass defaults
@@ -88,7 +90,7 @@ def _build_presets() -> dict[str, dict[str, Any]]:
 
 PRESETS = _build_presets()
 DEFAULT_PRESET = "cdcgan"
-ABLATION_STEPS = list(_TUTORIAL_STEPS)
+ABLATION_STEPS = list(TUTORIAL_STEPS)
 
 
 def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:

@@ -231,9 +231,8 @@ class Trainer:
         was_training = model.training
         model.eval()
         rng = torch.Generator().manual_seed(SAMPLE_SEED)
-        noise, labels = sample_latent(model, count, rng)
-        if labels is not None:  # a row per digit reads better than random labels
-            labels = torch.arange(count) % model.num_classes
+        # A row per digit reads better than random labels.
+        noise, labels = sample_latent(model, count, rng, digits=torch.arange(count) % max(model.num_classes, 1))
         out = model(noise.to(self.device), None if labels is None else labels.to(self.device))
         model.train(was_training)
         return out.cpu()

@@ -1,6 +1,6 @@
 """`make bench-train`: training speed of the default preset against the tutorial recipe, in one run.
 
-    python -m train.bench_train --data-dir data
+    python -m experiments.bench_train --data-dir data
 
 Measures the training throughput (images/s) of both presets here, then trains the default
 preset, pausing the clock every --eval-every steps to compute the FID of its served (EMA)
@@ -16,11 +16,14 @@ from typing import Optional
 
 import torch
 
-from train import artifacts
+from experiments.evaluate import cached_evaluator, generate
+from experiments.report import DOCS, table, write_page
+from train.artifacts import load_run
 from train.config import make_config
 from train.data import MnistMissing, load_mnist
-from train.evaluate import cached_evaluator, generate
 from train.train import Trainer
+
+PAGE = DOCS / "training.md"
 
 
 def throughput(preset: str, images: torch.Tensor, labels: torch.Tensor, seconds: float, threads: int) -> float:
@@ -38,7 +41,7 @@ def throughput(preset: str, images: torch.Tensor, labels: torch.Tensor, seconds:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.bench_train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_train", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--seconds", type=float, default=20.0, help="per throughput measurement")
@@ -47,7 +50,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     baseline = args.artifacts / "presets" / "tutorial"
     try:
-        tutorial_model, tutorial_meta = artifacts.load_generator(baseline / "generator.pt", baseline / "generator.json")
+        tutorial_model, tutorial_meta = load_run(baseline)
         images, labels = load_mnist(args.data_dir, train=True)
         evaluator, _ = cached_evaluator(args.artifacts, args.data_dir)
     except ValueError as error:
@@ -84,20 +87,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                     break
         if reached is not None:
             break
-    lines = [
-        "| | tutorial preset | default preset (cdcgan) | ratio |", "|---|---:|---:|---:|",
-        f"| training throughput | {tutorial_rate:,.0f} images/s | {default_rate:,.0f} images/s | ×{default_rate / tutorial_rate:.1f} |",
-        f"| FID of the tutorial's 4-epoch model ({tutorial_meta['epochs']} epochs) | {target:.2f} | | |",
-    ]
+    rows = [("training throughput", f"{tutorial_rate:,.0f} images/s", f"{default_rate:,.0f} images/s",
+             f"×{default_rate / tutorial_rate:.1f}"),
+            (f"FID of the tutorial's 4-epoch model ({tutorial_meta['epochs']} epochs)", f"{target:.2f}", "", "")]
     if reached is not None:
-        lines.append(f"| time to that FID | {tutorial_seconds:,.0f} s (4 epochs, extrapolated) | {reached:,.1f} s "
-                     f"({steps} steps, FID {fid:.2f}) | ×{tutorial_seconds / reached:.0f} faster |")
+        rows.append(("time to that FID", f"{tutorial_seconds:,.0f} s (4 epochs, extrapolated)",
+                     f"{reached:,.1f} s ({steps} steps, FID {fid:.2f})", f"×{tutorial_seconds / reached:.0f} faster"))
     else:
-        lines.append(f"| time to that FID | {tutorial_seconds:,.0f} s | not reached in {args.max_epochs} epochs "
-                     f"(last FID {fid:.2f}) | |")
-    print("\n".join(lines))
-    with artifacts.atomic_path(args.artifacts / "bench_train.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        rows.append(("time to that FID", f"{tutorial_seconds:,.0f} s", f"not reached in {args.max_epochs} epochs "
+                     f"(last FID {fid:.2f})", ""))
+    body = table(["", "tutorial preset", "default preset (cdcgan)", "ratio"], rows)
+    print(body)
+    write_page(PAGE, "Training speed against the tutorial", "make bench-train", body)
 
 
 if __name__ == "__main__":

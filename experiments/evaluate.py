@@ -1,6 +1,6 @@
 """`make evaluate`: the quality report, on a feature space of an MNIST classifier trained here.
 
-    python -m train.evaluate --data-dir data
+    python -m experiments.evaluate --data-dir data
 
 FID (classifier penultimate features, vs the 10,000 test images), Inception Score (the
 classifier's logits), KL divergence of the predicted-class histogram to uniform, the
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from handler.generator import Generator, sample_latent
 from train import artifacts
-from train.classifier import FEATURES, MnistClassifier
+from experiments.classifier import FEATURES, MnistClassifier
 from train.data import MnistMissing, load_mnist
 
 SAMPLES = 10_000
@@ -94,8 +94,8 @@ def classification_accuracy_score(images: torch.Tensor, labels: torch.Tensor, te
 def generate_per_digit(model: Generator, per_digit: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_digit` samples of each digit from a conditional generator, and the requested labels."""
     rng = torch.Generator().manual_seed(seed)
-    noise, _ = sample_latent(model, per_digit * model.num_classes, rng)
-    labels = torch.arange(model.num_classes).repeat_interleave(per_digit)
+    digits = torch.arange(model.num_classes).repeat_interleave(per_digit)
+    noise, labels = sample_latent(model, len(digits), rng, digits=digits)
     images = torch.cat([model(noise[i:i + 1000], labels[i:i + 1000]) for i in range(0, len(labels), 1000)])
     return images, labels
 
@@ -249,9 +249,7 @@ def cached_evaluator(artifacts_dir: Path, data_dir: str | Path) -> tuple[Evaluat
 def generate(model: Generator, count: int = SAMPLES, seed: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """`count` samples; a conditional model gets each digit count/10 times (the requested labels are returned)."""
     rng = torch.Generator().manual_seed(seed)
-    noise, labels = sample_latent(model, count, rng)
-    if labels is not None:
-        labels = torch.arange(count) % model.num_classes
+    noise, labels = sample_latent(model, count, rng, digits=torch.arange(count) % max(model.num_classes, 1))
     chunks = range(0, count, 1000)
     images = torch.cat([model(noise[i:i + 1000], None if labels is None else labels[i:i + 1000]) for i in chunks])
     return images, labels
@@ -356,15 +354,13 @@ def digit_grid(model: Generator, path: Path, title: str) -> None:
     """One row per digit (conditional), or 100 samples (unconditional)."""
     with torch.inference_mode():
         rng = torch.Generator().manual_seed(2024)
-        noise, labels = sample_latent(model, 100, rng)
-        if labels is not None:
-            labels = torch.arange(10).repeat_interleave(10)
+        noise, labels = sample_latent(model, 100, rng, digits=torch.arange(10).repeat_interleave(10))
         images = model(noise, labels)
     artifacts.image_grid(images, 10, path, title=title)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--docs-dir", type=Path, default=Path("docs"),
@@ -414,7 +410,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 digit_grid(model, directory / "digits.png", f"{meta['preset']}: one row per digit")
     table = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
-              "Written by `make evaluate` (`python -m train.evaluate`).", "",
+              "Written by `make evaluate` (`python -m experiments.evaluate`).", "",
               f"Feature space: an MNIST classifier trained on the training split, test accuracy {test_accuracy:.2%}. "
               f"{SAMPLES:,} samples per row (1,000 per requested digit) against the 10,000 test images. "
               f"Broken: top class probability below {BROKEN_BELOW} (real test images: {evaluator.real_broken:.2%}). "
