@@ -63,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     lines = [f"| step | what changed | FID ↓ | Inception Score ↑ | KL to uniform ↓ | pairwise distance (real ≈ {real_mean:.2f}): mean / worst digit | training time | samples |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     runs = [(name, root / name, CHANGES[name]) for name in ABLATION_STEPS]
-    runs.append(("default (cdcgan)", args.artifacts, "conditional DCGAN (label-map + AC-GAN D, minibatch-stddev), batch 128, EMA: the served model"))
+    runs.append(("default (cdcgan)", args.artifacts, "conditional DCGAN (label-map D, minibatch-stddev, label-blind AC-GAN digit head trained on real digits), batch 128, EMA: the served model"))
     for name, run_dir, change in runs:
         try:
             model, meta = artifacts.load_generator(run_dir / "generator.pt", run_dir / "generator.json")
