@@ -52,8 +52,10 @@ demo: install
 	$(MAKE) serve
 	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
 
+# The quality report of the served model against issue 12's targets: the results page docs/quality.md
+# with docs/digits.png (one row per digit), and artifacts/report.md.
 evaluate: install
-	$(PY) -m experiments.evaluate --data-dir $(DATA_DIR) --out-dir artifacts
+	$(PY) -m experiments.evaluate --data-dir $(DATA_DIR) --out-dir artifacts --docs-dir docs
 
 bench: install
 	$(PY) -m experiments.bench --run-dir $(OUT) $(ARGS)

@@ -212,3 +212,34 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
             raise RuntimeError("crash while writing")
     assert target.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["generator.json"]  # no temporary leftovers
+
+
+def test_default_ds_digit_head_is_label_blind_and_learns_from_real_digits_only():
+    cfg = make_config("cdcgan")
+    assert cfg.aux_classifier and cfg.label_blind_aux and not cfg.aux_on_fakes
+    trainer = Trainer(cfg)
+    assert trainer.discriminator.aux_head is not None and trainer.discriminator.label_map is not None
+
+
+def test_linear_schedule_takes_both_learning_rates_to_zero(tmp_path, data_dir):
+    trainer = run(make_config("cdcgan", epochs=1, limit=128, batch_size=32, data_dir=str(data_dir),
+                              out_dir=str(tmp_path), lr_schedule="linear", lr_d=4e-4))
+    # the last of 4 steps ran at a quarter of each rate
+    assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4 / 4)
+    assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(4e-4 / 4)
+
+
+def test_diff_augment_moves_and_cuts_out_but_keeps_gradients():
+    trainer = Trainer(make_config("cdcgan", diff_augment="translation"))
+    images = torch.zeros(8, 1, 28, 28)
+    images[:, :, 10:18, 10:18] = 1.0  # a centred square: translation by <= 3 pixels keeps all of it
+    images.requires_grad_(True)
+    moved = trainer._augment(images)
+    assert torch.allclose(moved.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2, 3)))
+    assert not torch.equal(moved, images)
+    moved.sum().backward()
+    assert images.grad is not None
+    trainer = Trainer(make_config("cdcgan", diff_augment="cutout"))
+    cut = trainer._augment(torch.ones(8, 1, 28, 28))
+    assert ((cut == 0).sum(dim=(1, 2, 3)) == 14 * 14).all()
+    assert torch.equal(Trainer(make_config("cdcgan"))._augment(images), images)  # off by default

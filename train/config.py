@@ -34,10 +34,10 @@ class TrainConfig:
     aux_classifier: bool = True  # dcgan: D also classifies the digit, G is trained to match it (AC-GAN)
     # D's digit head also learns the requested labels of fakes (the original AC-GAN); off, it learns from
     # real digits only, so it cannot learn to call an ambiguous fake whatever was requested
-    aux_on_fakes: bool = True
+    aux_on_fakes: bool = False
     aux_weight: float = 1.0  # weight of G's digit-classification loss
     # D's digit head gets its own image-only trunk: fed the label map, it reads the answer off that channel
-    label_blind_aux: bool = False
+    label_blind_aux: bool = True
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
     # "translation" and "cutout"; it keeps D from memorising the training set
     diff_augment: str = ""
