@@ -33,6 +33,7 @@ from tqdm import tqdm
 from handler.generator import Generator, sample_latent
 from train import artifacts
 from experiments.classifier import FEATURES, MnistClassifier
+from experiments.report import table
 from train.data import MnistMissing, load_mnist
 
 SAMPLES = 10_000
@@ -151,15 +152,6 @@ class _Embedding(nn.Module):
         return self.classifier.embed(images)
 
 
-class _Logits(nn.Module):
-    def __init__(self, classifier: MnistClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(images)
-
-
 # -- metrics --------------------------------------------------------------------------------
 def kl_to_uniform(predicted: torch.Tensor, classes: int = 10) -> float:
     """KL(histogram of predicted classes || uniform), in nats: 0 when balanced, log(10) for one class."""
@@ -219,7 +211,7 @@ class Evaluator:
     def row(self, name: str, images: torch.Tensor, requested: Optional[torch.Tensor] = None) -> Row:
         """Metrics of `images` (N x 1 x 28 x 28 in [0, 1]); `requested`: the digits asked for, if conditional."""
         self.fid.reset()
-        inception = InceptionScore(feature=_Logits(self.classifier), splits=10)
+        inception = InceptionScore(feature=self.classifier, splits=10)  # its logits
         for chunk in images.split(1000):
             self.fid.update(chunk, real=False)
             inception.update(chunk)
@@ -288,35 +280,32 @@ def _worst(values: list[float]) -> float:
 
 
 def format_table(rows: list[Row], real_pairwise: list[float]) -> str:
-    lines = [
-        "| samples | FID ↓ | Inception Score ↑ | KL to uniform ↓ | requested digit ✓ | worst digit ✓ | "
-        f"broken (top p < {BROKEN_BELOW}) ↓ | within-digit diversity ÷ real: mean (worst digit) | CAS ↑ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    cells = []
     for r in rows:
-        acc = f"{r.digit_accuracy:.2%}" if r.digit_accuracy is not None else "–"
-        worst = f"{min(r.per_digit_accuracy):.2%}" if r.per_digit_accuracy else "–"
         ratios = diversity_ratios(r, real_pairwise)
         finite = [v for v in ratios if not math.isnan(v)]
-        diversity = f"{sum(finite) / len(finite):.3f} ({_worst(ratios):.3f})" if finite else "–"
-        cas = f"{r.cas:.2%}" if r.cas is not None else "–"
-        lines.append(f"| {r.name} | {r.fid:.3f} | {r.inception_score:.3f} ± {r.inception_std:.3f} | "
-                     f"{r.kl_uniform:.4f} | {acc} | {worst} | {r.broken:.2%} | {diversity} | {cas} |")
-    return "\n".join(lines)
+        cells.append((
+            r.name, f"{r.fid:.3f}", f"{r.inception_score:.3f} ± {r.inception_std:.3f}", f"{r.kl_uniform:.4f}",
+            f"{r.digit_accuracy:.2%}" if r.digit_accuracy is not None else "–",
+            f"{min(r.per_digit_accuracy):.2%}" if r.per_digit_accuracy else "–", f"{r.broken:.2%}",
+            f"{sum(finite) / len(finite):.3f} ({_worst(ratios):.3f})" if finite else "–",
+            f"{r.cas:.2%}" if r.cas is not None else "–"))
+    return table(["samples", "FID ↓", "Inception Score ↑", "KL to uniform ↓", "requested digit ✓", "worst digit ✓",
+                  f"broken (top p < {BROKEN_BELOW}) ↓", "within-digit diversity ÷ real: mean (worst digit)", "CAS ↑"],
+                 cells)
 
 
 def per_digit_table(rows: list[Row], real_pairwise: list[float], real_accuracy: list[float]) -> str:
-    lines = ["| digit | " + " | ".join(str(d) for d in range(10)) + " |", "|---|" + "---:|" * 10,
-             "| classifier on real test images ✓ | " + " | ".join(f"{v:.2%}" for v in real_accuracy) + " |",
-             "| real test images: pairwise distance | " + " | ".join(f"{v:.2f}" for v in real_pairwise) + " |"]
+    cells = [("classifier on real test images ✓", *(f"{v:.2%}" for v in real_accuracy)),
+             ("real test images: pairwise distance", *(f"{v:.2f}" for v in real_pairwise))]
     for r in rows:
         if r.per_digit_accuracy:
-            lines.append(f"| {r.name}: requested digit ✓ | " + " | ".join(f"{v:.2%}" for v in r.per_digit_accuracy) + " |")
-            lines.append(f"| {r.name}: ÷ classifier on real | "
-                         + " | ".join(f"{v / ref:.3f}" for v, ref in zip(r.per_digit_accuracy, real_accuracy)) + " |")
-        lines.append(f"| {r.name}: diversity ÷ real | " + " | ".join(f"{v:.3f}" for v in diversity_ratios(r, real_pairwise)) + " |")
-        lines.append(f"| {r.name}: predicted-class count | " + " | ".join(str(v) for v in r.histogram) + " |")
-    return "\n".join(lines)
+            cells.append((f"{r.name}: requested digit ✓", *(f"{v:.2%}" for v in r.per_digit_accuracy)))
+            cells.append((f"{r.name}: ÷ classifier on real",
+                          *(f"{v / ref:.3f}" for v, ref in zip(r.per_digit_accuracy, real_accuracy))))
+        cells.append((f"{r.name}: diversity ÷ real", *(f"{v:.3f}" for v in diversity_ratios(r, real_pairwise))))
+        cells.append((f"{r.name}: predicted-class count", *(str(v) for v in r.histogram)))
+    return table(["digit", *(str(d) for d in range(10))], cells)
 
 
 def target_checks(row: Row, evaluator: Evaluator, cas_reference: Optional[float] = None,
@@ -394,7 +383,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name, run_dir in runs:
         run_dir = Path(run_dir)
         try:
-            model, meta = artifacts.load_generator(run_dir / "generator.pt", run_dir / "generator.json")
+            model, meta = artifacts.load_run(run_dir)
         except ValueError as error:
             notes.append(f"- {name}: skipped ({error})")
             continue

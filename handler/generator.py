@@ -22,18 +22,18 @@ class Generator(nn.Module):
     """Maps latent noise (and, when conditional, a digit label) to 1x28x28 images in [0, 1].
 
     arch:
-      "dcgan"       - a small conditional DCGAN (the project's default)
+      "conv"        - a small DCGAN-style conv net, conditional on the digit (the project's default)
       "mlp"         - the tutorial's Linear, LeakyReLU(0.02), LayerNorm, Linear, Sigmoid
       "mlp-sigmoid" - the tutorial's first version: Linear, Sigmoid, Linear, Sigmoid
     noise: the latent distribution the network was trained on ("normal" or "uniform");
       kept here so every sampler draws from the same one.
-    class_norm: dcgan, conditional: every GroupNorm gets a per-digit scale and shift (conditional
+    class_norm: conv, conditional: every GroupNorm gets a per-digit scale and shift (conditional
       normalisation), so the digit steers every layer, not only the input vector.
     """
 
     def __init__(
         self,
-        arch: str = "dcgan",
+        arch: str = "conv",
         latent_dim: int = 100,
         num_classes: int = 10,
         width: int = 32,
@@ -45,7 +45,7 @@ class Generator(nn.Module):
         if noise not in ("normal", "uniform"):
             raise ValueError(f"unknown noise distribution {noise!r}")
         self.arch, self.latent_dim, self.num_classes, self.noise = arch, latent_dim, num_classes, noise
-        if arch == "dcgan":
+        if arch == "conv":
             self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
             in_dim = latent_dim + (label_dim if num_classes else 0)
             # GroupNorm, not BatchNorm: a served image must not depend on batch statistics (in eval

@@ -14,7 +14,7 @@ import onnxruntime
 import scripts.archive
 from handler.generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
 from scripts.archive import build_archive
-from train.artifacts import load_generator
+from train.artifacts import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def test_archive_packs_an_onnx_export_that_draws_the_generators_images(tiny_run,
     mar = tiny_store / "mnist_gan.mar"
     (tmp_path / ONNX_FILE).write_bytes(zipfile.ZipFile(mar).read(ONNX_FILE))  # the name the handler loads
     session = onnxruntime.InferenceSession(str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"])
-    model, _ = load_generator(tiny_run / "generator.pt", tiny_run / "generator.json")
+    model, _ = load_run(tiny_run)
     for count in (1, 5, 300):  # any batch size, not only the one it was exported with
         noise, labels = sample_latent(model, count, torch.Generator().manual_seed(count))
         with torch.inference_mode():

@@ -27,7 +27,7 @@ def test_generator_outputs_images_in_unit_range(kwargs):
 
 def test_default_generator_builds_with_no_arguments_as_torchserve_does():
     model = Generator()
-    assert model.arch == "dcgan" and model.num_classes == 10 and model.latent_dim == 100
+    assert model.arch == "conv" and model.num_classes == 10 and model.latent_dim == 100
 
 
 def test_sample_latent_is_reproducible_and_honours_the_digit():

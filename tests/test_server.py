@@ -15,7 +15,7 @@ from cases import (BAD_REQUESTS, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUND
                    grid_size)
 from scripts.archive import build_archive
 from scripts.server import TorchServe, _alive, free_ports
-from train.artifacts import load_generator
+from train.artifacts import load_run
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def server(tiny_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generator(tiny_run):
-    return load_generator(tiny_run / "generator.pt", tiny_run / "generator.json")[0]
+    return load_run(tiny_run)[0]
 
 
 def post(server, body=None, raw=None, content_type=JSON, headers=None, path=None):

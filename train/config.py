@@ -7,14 +7,14 @@ from typing import Any
 class TrainConfig:
     preset: str = "cdcgan"
     # networks (the generator's share of these is recorded in generator.json)
-    arch: str = "dcgan"  # "dcgan", "mlp" or "mlp-sigmoid" (see handler/generator.py)
+    arch: str = "conv"  # "conv", "mlp" or "mlp-sigmoid" (see handler/generator.py)
     latent_dim: int = 100
     num_classes: int = 10  # 0: unconditional
-    width: int = 32  # conv channels of the dcgan networks
+    width: int = 32  # channels of the conv networks
     noise: str = "normal"  # latent distribution: "normal" (torch.randn) or "uniform" (torch.rand)
-    class_norm: bool = False  # dcgan G: per-digit scale/shift after each GroupNorm, so the digit steers every layer
-    projection: bool = False  # dcgan D: the digit enters as a projection (Miyato & Koyama) instead of an input channel
-    spectral_norm: bool = False  # dcgan D: spectral norm on every weight (instead of BatchNorm) keeps D smooth
+    class_norm: bool = False  # conv G: per-digit scale/shift after each GroupNorm, so the digit steers every layer
+    projection: bool = False  # conv D: the digit enters as a projection (Miyato & Koyama) instead of an input channel
+    spectral_norm: bool = False  # conv D: spectral norm on every weight (instead of BatchNorm) keeps D smooth
     # optimisation
     # "bce" / "mse" on D's probabilities, "nonsaturating": BCE on D's logits, "hinge": hinge on D's logits
     loss: str = "nonsaturating"
@@ -31,7 +31,7 @@ class TrainConfig:
     # "tutorial": D on one real image, D on one fake, then G on fresh noise, three optimizer steps.
     step_style: str = "joint"
     ema_decay: float = 0.999  # serve an exponential moving average of G; 0 serves G itself
-    aux_classifier: bool = True  # dcgan: D also classifies the digit, G is trained to match it (AC-GAN)
+    aux_classifier: bool = True  # conv: D also classifies the digit, G is trained to match it (AC-GAN)
     # D's digit head also learns the requested labels of fakes (the original AC-GAN); off, it learns from
     # real digits only, so it cannot learn to call an ambiguous fake whatever was requested
     aux_on_fakes: bool = False
@@ -53,7 +53,7 @@ class TrainConfig:
     def generator_kwargs(self) -> dict[str, Any]:
         """The arguments that rebuild the trained generator: `Generator(**kwargs)`."""
         kwargs = dict(arch=self.arch, latent_dim=self.latent_dim, num_classes=self.num_classes, noise=self.noise)
-        if self.arch == "dcgan":
+        if self.arch == "conv":
             kwargs["width"] = self.width
             kwargs["class_norm"] = self.class_norm
         return kwargs

@@ -19,19 +19,18 @@ class MinibatchStdDev(nn.Module):
 class Discriminator(nn.Module):
     """Scores 1x28x28 images: real (high) or generated (low).
 
-    arch "dcgan": a small conv net returning logits (N x 1, or N x (1 + classes) with
+    arch "conv": a small conv net returning logits (N x 1, or N x (1 + classes) with
       aux_classifier); conditional on the digit through a learned label map (an extra input
       channel), with a minibatch-stddev channel against collapse.
     arch "mlp" / "mlp-sigmoid": the tutorial's networks, returning probabilities
       (they end in Sigmoid, as the tutorial's BCE/MSE losses expect).
     """
 
-    def __init__(self, arch: str = "dcgan", num_classes: int = 10, width: int = 32, aux_classifier: bool = False,
+    def __init__(self, arch: str = "conv", num_classes: int = 10, width: int = 32, aux_classifier: bool = False,
                  projection: bool = False, spectral_norm: bool = False, label_blind_aux: bool = False) -> None:
         super().__init__()
-        self.arch = arch
         self.projection = self.aux_head = None
-        if arch == "dcgan":
+        if arch == "conv":
             # The digit enters as a learned 28x28 map, one more channel beside the image; or, with
             # `projection` (Miyato & Koyama, 2018), as the inner product of a digit embedding with D's features.
             self.label_map = nn.Embedding(num_classes, 28 * 28) if num_classes and not projection else None

@@ -213,7 +213,8 @@ class Trainer:
             if self.step_in_epoch < len(batches):
                 return  # stopped mid-epoch: the caller saves the checkpoint
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self.save_epoch_pictures()
+            self.save_epoch_samples()
+            self.save_losses()
             self.save_checkpoint()
 
     # -- what gets written -----------------------------------------------------------
@@ -237,12 +238,12 @@ class Trainer:
         model.train(was_training)
         return out.cpu()
 
-    def save_epoch_pictures(self) -> None:
+    def save_epoch_samples(self) -> None:
         artifacts.image_grid(self.samples(), 10, self.out_dir / "samples" / f"epoch_{self.epoch:02d}.png",
                              title=f"{self.config.preset}, epoch {self.epoch}")
-        self.save_losses()
 
     def save_losses(self) -> None:
+        """losses.csv and its picture, losses.png."""
         if not self.history:
             return
         frame = pd.DataFrame(self.history)
