@@ -35,7 +35,7 @@ class TrainConfig:
     # D's digit head also learns the requested labels of fakes (the original AC-GAN); off, it learns from
     # real digits only, so it cannot learn to call an ambiguous fake whatever was requested
     aux_on_fakes: bool = False
-    aux_weight: float = 1.0  # weight of G's digit-classification loss
+    aux_weight: float = 0.5  # weight of G's digit loss: at full weight G trades realism for easy-to-classify shapes
     # D's digit head gets its own image-only trunk: fed the label map, it reads the answer off that channel
     label_blind_aux: bool = True
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
