@@ -39,7 +39,7 @@ class Generator(nn.Module):
         width: int = 32,
         label_dim: int = 32,
         noise: str = "normal",
-        class_norm: bool = False,
+        class_norm: bool = True,
     ) -> None:
         super().__init__()
         if noise not in ("normal", "uniform"):
