@@ -106,7 +106,7 @@ def run_all(args: argparse.Namespace) -> str:
                   f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", len(r["failures"]))
                  for (workers, n_clients, count), r in sorted(grid.items())]
     return "\n".join([
-        f"On this machine ({torch.get_num_threads()} threads per measurement process, as a TorchServe worker), "
+        f"On this machine (1 thread per measurement process, as in a TorchServe worker), "
         f"host speed (a fixed Python loop; lower is faster) {speed[0]:.1f} ms at the start, {speed[1]:.1f} ms "
         f"after the first latency turns, {speed[2]:.1f} ms at the end.", "",
         "## Throughput", "",
