@@ -48,8 +48,8 @@ class Generator(nn.Module):
         if arch == "conv":
             self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
             in_dim = latent_dim + (label_dim if num_classes else 0)
-            # GroupNorm, not BatchNorm: a served image must not depend on batch statistics (in eval
-            # mode BatchNorm's running averages cut sample diversity to a third here, measured).
+            # GroupNorm, not BatchNorm: a served image must not depend on batch statistics (and in
+            # eval mode BatchNorm's running averages cut sample diversity).
             class_norm = class_norm and num_classes > 0
             # With class_norm the per-digit scale and shift replace GroupNorm's own affine parameters.
             self.net = nn.Sequential(

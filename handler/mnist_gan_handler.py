@@ -15,8 +15,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
-from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, encode_answer, error_body,
-                              adapt_kservev2_envelope, is_v2_inputs, parse_request, parse_v2_request, v2_error)
+from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, adapt_kservev2_envelope,
+                              encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error)
 
 logger = logging.getLogger(__name__)
 
@@ -105,22 +105,18 @@ class DigitGANHandler(BaseHandler):
         for idx, row in enumerate(data):
             headers = self.context.request_processor[idx].get_request_properties()
             try:
-                requests.append(parse_request(row, self._content_type(headers), self._header(headers, "accept"),
+                requests.append(parse_request(row, self._content_type(headers), header(headers, "accept"),
                                               self.model.num_classes))
             except BadRequest as error:
                 requests.append(error)
         return requests
 
     @staticmethod
-    def _header(headers: dict, name: str) -> Optional[str]:
-        """A request header as the client sent it (clients differ in the case of header names)."""
-        return next((v for k, v in headers.items() if k.lower() == name and isinstance(v, str)), None)
-
-    def _content_type(self, headers: dict) -> Optional[str]:
+    def _content_type(headers: dict) -> Optional[str]:
         body = headers.get("body")  # the worker's per-parameter entry: {"content-type": ...}
         if isinstance(body, dict) and body.get("content-type"):
             return body["content-type"]
-        return self._header(headers, "content-type")
+        return header(headers, "content-type")
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest) -> np.ndarray:

@@ -31,6 +31,7 @@ TorchServe itself answers 404 there (deploy/README.md).
 import io
 import math
 import secrets
+from http import HTTPStatus
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
@@ -265,15 +266,20 @@ def _v2_body(rows: list) -> dict:
 
 def v2_error(context: Any, message: str, status: int = 400) -> bytes:
     """Request 0's answer as the Open Inference Protocol's error body, {"error": message}, with `status`."""
-    context.set_response_status(status, "Bad Request" if status == 400 else "Error", 0)
+    context.set_response_status(status, HTTPStatus(status).phrase, 0)
     context.set_response_content_type(0, JSON_TYPE)
     return orjson.dumps({"error": message})
+
+
+def header(headers: dict, name: str) -> Optional[str]:
+    """A request header from TorchServe's request properties, whatever case the client gave its name."""
+    return next((v for k, v in headers.items() if k.lower() == name and isinstance(v, str)), None)
 
 
 def _binary_extension(context: Any) -> bool:
     """True when the client used the binary tensor data extension (tritonclient's default)."""
     headers = context.request_processor[0].get_request_properties() if context.request_processor else {}
-    return any(name.lower() == "inference-header-content-length" for name in headers)
+    return header(headers, "inference-header-content-length") is not None
 
 
 def adapt_kservev2_envelope() -> None:

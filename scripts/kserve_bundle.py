@@ -59,32 +59,29 @@ REQUIRED_KEYS = ("inference_address", "management_address", "metrics_address", "
 
 
 def render_config() -> str:
-    """config.properties with OVERRIDES applied, REMOVED dropped and the model_snapshot added."""
-    lines, seen = [], set()
-    for line in (ROOT / "config.properties").read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if line.startswith("#") or "=" not in line:
-            continue  # the repository's comments explain the repository's values
-        if key in REMOVED:
-            continue
-        seen.add(key)
-        lines.append(f"{key}={OVERRIDES.get(key, line.split('=', 1)[1])}")
-    lines += [f"{key}={value}" for key, value in OVERRIDES.items() if key not in seen]
-    lines.append("model_snapshot=" + json.dumps(model_snapshot(), separators=(",", ":")))
+    """config.properties with OVERRIDES applied, REMOVED dropped and the model_snapshot added (the
+    repository's comments explain the repository's values, so they are not copied)."""
+    props = {key: value for key, value in read_properties(ROOT / "config.properties").items() if key not in REMOVED}
+    props.update(OVERRIDES, model_snapshot=json.dumps(model_snapshot(), separators=(",", ":")))
     header = ("# TorchServe inside KServe, written by `make kserve-bundle` from config.properties (see\n"
               "# scripts/kserve_bundle.py for each change and deploy/README.md for the route).\n")
-    return header + "\n".join(lines) + "\n"
+    return header + "".join(f"{key}={value}\n" for key, value in props.items())
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    """A config.properties as TorchServe (java.util.Properties) and KServe's wrapper read it."""
+    """A config.properties file as TorchServe (java.util.Properties) and KServe's wrapper read it."""
+    return parse_properties(path.read_text(), str(path))
+
+
+def parse_properties(text: str, source: str = "config.properties") -> dict[str, str]:
+    """key=value lines in order, without comments ("#" or "!") and blank lines."""
     props = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("#", "!")):
             key, sep, value = line.partition("=")
             if not sep:
-                raise ValueError(f"{path}: not a key=value line: {line!r}")
+                raise ValueError(f"{source}: not a key=value line: {line!r}")
             props[key.strip()] = value.strip()
     return props
 

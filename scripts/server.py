@@ -58,11 +58,17 @@ def render_config(template: Path, ports: tuple[int, ...], model_store: Path,
     return "\n".join(lines) + "\n"
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name: state, ppid, ... (OSError if it is gone).
+    The name may hold spaces and parentheses, so the split is after its last closing parenthesis."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _alive(pid: int) -> bool:
     """True while process `pid` exists and is not a zombie."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+        return proc_stat(pid)[0] != "Z"
+    except OSError:
         return False
 
 
@@ -122,14 +128,12 @@ class TorchServe:
         if frontend is None:
             return []
         children = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
+        for entry in Path("/proc").glob("[0-9]*"):
             try:
-                # "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+                if int(proc_stat(entry.name)[1]) == frontend:
+                    children.append(int(entry.name))
+            except OSError:
                 continue
-            if int(fields[1]) == frontend:
-                children.append(int(stat.parent.name))
         return children
 
     def keys(self) -> dict[str, str]:

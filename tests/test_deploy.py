@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle, read_properties
+from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle, parse_properties, read_properties
 from scripts import MODEL_NAME
 from scripts.server import TorchServe, free_ports
 
@@ -82,16 +82,12 @@ def configmap_data() -> dict[str, str]:
     return next(doc for _, doc in KUBERNETES if doc["kind"] == "ConfigMap")["data"]
 
 
-def properties(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if line.strip() and not line.startswith("#"))
-
-
 # The ConfigMap's config.properties is the repository's with exactly these keys changed (its header says why).
 POD_CONFIG_CHANGES = {"inference_address", "disable_token_authorization", "model_store", "vmargs"}
 
 
 def test_pod_config_is_the_repositorys_with_only_the_listed_changes():
-    pod, repository = properties(configmap_data()["config.properties"]), read_properties(ROOT / "config.properties")
+    pod, repository = parse_properties(configmap_data()["config.properties"]), read_properties(ROOT / "config.properties")
     changed = {key for key in pod.keys() | repository.keys() if pod.get(key) != repository.get(key)}
     assert changed == POD_CONFIG_CHANGES
     header = (DEPLOY / "configmap.yaml").read_text().split("apiVersion:")[0]
@@ -108,7 +104,7 @@ def test_only_the_proxy_leaves_the_pod_and_the_token_comes_from_the_secret():
     assert [p["containerPort"] for p in proxy["ports"]] == [8080]
     env = {e["name"]: e for e in proxy["env"]}
     assert env["CLIENT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mnist-gan-client-token", "key": "token"}
-    assert env["TORCHSERVE_ADDRESS"]["value"] == properties(configmap_data()["config.properties"])[
+    assert env["TORCHSERVE_ADDRESS"]["value"] == parse_properties(configmap_data()["config.properties"])[
         "inference_address"].removeprefix("http://")
     assert proxy["readinessProbe"]["httpGet"]["path"] == "/ping"  # through the proxy to TorchServe's real health
     assert "/ping" in " ".join(torchserve["livenessProbe"]["exec"]["command"])

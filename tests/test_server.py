@@ -14,7 +14,7 @@ import requests
 from cases import (BAD_REQUESTS, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUNDING, decode_png, generators_images,
                    grid_size)
 from scripts.archive import build_archive
-from scripts.server import TorchServe, _alive, free_ports
+from scripts.server import TorchServe, _alive, free_ports, proc_stat
 from train.artifacts import load_run
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_good_request_returns_compact_json_images(server):
 
 
 def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
