@@ -243,3 +243,19 @@ def test_diff_augment_moves_and_cuts_out_but_keeps_gradients():
     cut = trainer._augment(torch.ones(8, 1, 28, 28))
     assert ((cut == 0).sum(dim=(1, 2, 3)) == 14 * 14).all()
     assert torch.equal(Trainer(make_config("cdcgan"))._augment(images), images)  # off by default
+
+
+@pytest.mark.parametrize("preset", ["cdcgan", "tutorial"])
+def test_every_weight_of_both_networks_learns_at_every_step(preset):
+    # The G step freezes D (its gradients there are thrown away): D must come back trainable.
+    trainer = Trainer(make_config(preset, batch_size=64))
+    images, labels = torch.rand(64, 1, 28, 28), torch.arange(64) % 10
+    for step in range(2):
+        before = {name: p.detach().clone() for net in ("generator", "discriminator")
+                  for name, p in getattr(trainer, net).named_parameters(prefix=net)}
+        trainer.train_step(images, labels)
+        after = dict(p for net in ("generator", "discriminator")
+                     for p in getattr(trainer, net).named_parameters(prefix=net))
+        unchanged = [name for name, p in after.items() if torch.equal(p, before[name])]
+        assert not unchanged, f"step {step + 1}: {unchanged} did not move"
+        assert all(p.requires_grad for p in after.values())

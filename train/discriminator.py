@@ -69,8 +69,9 @@ class Discriminator(nn.Module):
         else:
             raise ValueError(f"unknown discriminator arch {arch!r}")
 
-    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        digit_logits = self.aux_head(images) if self.aux_head is not None else None
+    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None, digits: bool = True) -> torch.Tensor:
+        """Logits: column 0 real-vs-fake, then the digit's (when D has a digit head and `digits`)."""
+        digit_logits = self.aux_head(images) if self.aux_head is not None and digits else None
         if self.label_map is not None:
             images = torch.cat([images, self.label_map(labels).view(-1, 1, 28, 28)], dim=1)
         features = self.features(images)

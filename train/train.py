@@ -158,15 +158,23 @@ class Trainer:
             fake = G(noise, fake_labels)
             self.opt_d.zero_grad()
             fake_aux = 1.0 if self.config.aux_on_fakes else 0.0
+            # A digit head that learns from real digits only need not even look at the fakes here.
+            fake_scores = D(self._augment(fake.detach()), fake_labels, digits=self.config.aux_on_fakes)
             d_loss = (self._loss(D(self._augment(real), labels), 1.0, labels)
-                      + self._loss(D(self._augment(fake.detach()), fake_labels), 0.0, fake_labels, fake_aux))
+                      + self._loss(fake_scores, 0.0, fake_labels, fake_aux))
             d_loss.backward()
             self.opt_d.step()
             d_loss = d_loss.detach() / 2
         self.opt_g.zero_grad()
-        # non-saturating: G wants D to say "real" (and, with D's digit head, the requested digit)
-        g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight, for_generator=True)
-        g_loss.backward()
+        # non-saturating: G wants D to say "real" (and, with D's digit head, the requested digit).
+        # D's own gradients are not needed here (its next step starts from zero), so autograd skips them.
+        D.requires_grad_(False)
+        try:
+            g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
+                                for_generator=True)
+            g_loss.backward()
+        finally:
+            D.requires_grad_(True)
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update_parameters(G)
