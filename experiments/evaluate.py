@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +34,7 @@ from handler.generator import Generator, sample_latent
 from train import artifacts
 from experiments.classifier import FEATURES, MnistClassifier
 from experiments.report import table
+from train.config import make_config
 from train.data import MnistMissing, load_mnist
 
 SAMPLES = 10_000
@@ -339,6 +340,17 @@ def target_checks(row: Row, evaluator: Evaluator, cas_reference: Optional[float]
     return checks
 
 
+RUN_PLACE = {"data_dir", "out_dir", "device", "threads", "limit", "log_every"}  # where a run ran, not its recipe
+
+
+def recipe_changes(config: dict) -> dict:
+    """The settings of a run (generator.json's "config") that differ from its preset's current defaults."""
+    defaults = asdict(make_config(config["preset"]))
+    return {key: value for key, value in config.items()
+            if key not in RUN_PLACE and key in defaults and value != defaults[key]
+            and not (isinstance(value, list) and tuple(value) == defaults[key])}
+
+
 def digit_grid(model: Generator, path: Path, title: str) -> None:
     """One row per digit (conditional), or 100 samples (unconditional)."""
     with torch.inference_mode():
@@ -388,6 +400,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             notes.append(f"- {name}: skipped ({error})")
             continue
         label = f"{name}: {meta['preset']}, {meta['epochs']} epochs, {meta['train_seconds'] / 60:.1f} min"
+        changes = recipe_changes(meta["config"])
+        if changes:
+            notes.append(f"- {label}: differs from today's `{meta['preset']}` preset in "
+                         + ", ".join(f"`{key}={value}`" for key, value in changes.items()))
         images, requested = generate(model)
         rows.append(evaluator.row(label, images, requested))
         if model.num_classes:
@@ -416,7 +432,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         report += [f"- {'PASS' if ok else 'MISS'}: {text}"
                    for text, ok in target_checks(default, evaluator, cas_reference, train_seconds)]
         report += ["", "![one row per digit](digits.png)", ""]
-    report += notes
+    if notes:
+        report += ["## Notes on the rows", "", *notes, ""]
     text = "\n".join(report) + "\n"
     for path in (out / "report.md", args.docs_dir / "quality.md"):
         with artifacts.atomic_path(path) as tmp:

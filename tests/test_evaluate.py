@@ -1,11 +1,14 @@
 """The quality metrics on cases whose answer is known."""
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from handler.generator import Generator
+from train.config import make_config
 from train.data import load_mnist
+from experiments import evaluate as E
 from experiments.evaluate import (Evaluator, balanced_subset, binomial_blur, diversity_ratios, generate_per_digit,
                             kl_to_uniform, mean_pairwise_distance, predict, shift_one_pixel, target_checks, train_classifier)
 
@@ -152,3 +155,10 @@ def test_generate_per_digit_asks_for_every_digit_equally():
     images, labels = generate_per_digit(Generator().eval(), 3)
     assert images.shape == (30, 1, 28, 28)
     assert labels.tolist() == [d for d in range(10) for _ in range(3)]
+
+
+def test_extra_rows_name_how_their_recipe_differs_from_todays_preset():
+    config = asdict(make_config("cdcgan", lr=2e-4, seed=3, out_dir="/elsewhere", threads=1))
+    config["betas"] = list(config["betas"])  # as generator.json stores it
+    assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3}
+    assert E.recipe_changes(asdict(make_config("tutorial"))) == {}

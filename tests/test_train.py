@@ -223,7 +223,7 @@ def test_default_ds_digit_head_is_label_blind_and_learns_from_real_digits_only()
 
 def test_linear_schedule_takes_both_learning_rates_to_zero(tmp_path, data_dir):
     trainer = run(make_config("cdcgan", epochs=1, limit=128, batch_size=32, data_dir=str(data_dir),
-                              out_dir=str(tmp_path), lr_schedule="linear", lr_d=4e-4))
+                              out_dir=str(tmp_path), lr_schedule="linear", lr=2e-4, lr_d=4e-4))
     # the last of 4 steps ran at a quarter of each rate
     assert trainer.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4 / 4)
     assert trainer.opt_d.param_groups[0]["lr"] == pytest.approx(4e-4 / 4)
