@@ -98,8 +98,14 @@ def generate_per_digit(model: Generator, per_digit: int, seed: int = 1) -> tuple
     rng = torch.Generator().manual_seed(seed)
     digits = torch.arange(model.num_classes).repeat_interleave(per_digit)
     noise, labels = sample_latent(model, len(digits), rng, digits=digits)
-    images = torch.cat([model(noise[i:i + 1000], labels[i:i + 1000]) for i in range(0, len(labels), 1000)])
-    return images, labels
+    return run_in_chunks(model, noise, labels), labels
+
+
+@torch.inference_mode()
+def run_in_chunks(model: Generator, noise: torch.Tensor, labels: Optional[torch.Tensor], chunk: int = 1000) -> torch.Tensor:
+    """model(noise, labels), a chunk at a time so memory stays small."""
+    return torch.cat([model(noise[i:i + chunk], None if labels is None else labels[i:i + chunk])
+                      for i in range(0, len(noise), chunk)])
 
 
 def balanced_subset(images: torch.Tensor, labels: torch.Tensor, per_digit: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,9 +249,7 @@ def generate(model: Generator, count: int = SAMPLES, seed: int = 0) -> tuple[tor
     """`count` samples; a conditional model gets each digit count/10 times (the requested labels are returned)."""
     rng = torch.Generator().manual_seed(seed)
     noise, labels = sample_latent(model, count, rng, digits=torch.arange(count) % max(model.num_classes, 1))
-    chunks = range(0, count, 1000)
-    images = torch.cat([model(noise[i:i + 1000], None if labels is None else labels[i:i + 1000]) for i in chunks])
-    return images, labels
+    return run_in_chunks(model, noise, labels), labels
 
 
 def shift_one_pixel(images: torch.Tensor) -> torch.Tensor:
@@ -345,10 +349,12 @@ RUN_PLACE = {"data_dir", "out_dir", "device", "threads", "limit", "log_every"}  
 
 def recipe_changes(config: dict) -> dict:
     """The settings of a run (generator.json's "config") that differ from its preset's current defaults."""
-    defaults = asdict(make_config(config["preset"]))
+    def as_json(settings: dict) -> dict:  # generator.json's form: tuples become lists
+        return json.loads(json.dumps(settings))
+
+    config, defaults = as_json(config), as_json(asdict(make_config(config["preset"])))
     return {key: value for key, value in config.items()
-            if key not in RUN_PLACE and key in defaults and value != defaults[key]
-            and not (isinstance(value, list) and tuple(value) == defaults[key])}
+            if key not in RUN_PLACE and key in defaults and value != defaults[key]}
 
 
 def digit_grid(model: Generator, path: Path, title: str) -> None:

@@ -62,6 +62,8 @@ class Trainer:
                                            config.label_blind_aux).to(self.device)
         self.opt_g = self._optimizer(self.generator, config.lr)
         self.opt_d = self._optimizer(self.discriminator, config.lr_d or config.lr)
+        # each optimizer with its configured rate, which the schedule scales
+        self.base_rates = [(opt, opt.param_groups[0]["lr"]) for opt in (self.opt_g, self.opt_d)]
         self.loss_fn = LOSSES[config.loss]() if LOSSES[config.loss] is not None else None
         self.total_steps = 0  # set by fit: the run's length, for the learning-rate schedule
         self.ema: Optional[AveragedModel] = None
@@ -91,7 +93,7 @@ class Trainer:
         if self.config.lr_schedule == "constant" or not self.total_steps:
             return
         factor = max(0.0, 1 - self.steps / self.total_steps)
-        for optimizer, lr in ((self.opt_g, self.config.lr), (self.opt_d, self.config.lr_d or self.config.lr)):
+        for optimizer, lr in self.base_rates:
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor
 
