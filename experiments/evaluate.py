@@ -92,6 +92,16 @@ def classification_accuracy_score(images: torch.Tensor, labels: torch.Tensor, te
     return accuracy(fit_classifier(images, labels, epochs, seed), test_images, test_labels)
 
 
+def cas_misses(predicted: torch.Tensor, test_labels: torch.Tensor, top: int = 5) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Where a CAS classifier goes wrong on the real test images: misses per true digit, and the `top`
+    most common (true digit, read as, count), most frequent first."""
+    missed = predicted != test_labels
+    per_digit = torch.bincount(test_labels[missed], minlength=10).tolist()
+    pairs = torch.bincount(test_labels[missed] * 10 + predicted[missed], minlength=100)
+    counts, order = pairs.sort(descending=True, stable=True)
+    return per_digit, [(int(i) // 10, int(i) % 10, int(c)) for c, i in zip(counts[:top], order[:top]) if c > 0]
+
+
 @torch.inference_mode()
 def generate_per_digit(model: Generator, per_digit: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_digit` samples of each digit from a conditional generator, and the requested labels."""
@@ -187,6 +197,7 @@ class Row:
     histogram: list[int] = field(default_factory=list)
     broken: float = float("nan")  # fraction with top class probability < BROKEN_BELOW
     cas: Optional[float] = None  # Classification Accuracy Score, when measured
+    cas_predicted: Optional[torch.Tensor] = None  # that score's classifier's reading of each real test image
 
     @property
     def pairwise_mean(self) -> float:
@@ -213,6 +224,11 @@ class Evaluator:
     def cas(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = CAS_EPOCHS) -> float:
         """Classification Accuracy Score of (images, labels) on this evaluator's real test images."""
         return classification_accuracy_score(images, labels, self.test_images, self.test_labels, epochs)
+
+    def measure_cas(self, row: Row, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Sets `row`'s CAS, keeping its classifier's reading of every real test image."""
+        row.cas_predicted = predict(fit_classifier(images, labels, CAS_EPOCHS), self.test_images)
+        row.cas = (row.cas_predicted == self.test_labels).float().mean().item()
 
     @torch.inference_mode()
     def row(self, name: str, images: torch.Tensor, requested: Optional[torch.Tensor] = None) -> Row:
@@ -357,6 +373,28 @@ def recipe_changes(config: dict) -> dict:
             if key not in RUN_PLACE and key in defaults and value != defaults[key]}
 
 
+def cas_misses_table(rows: list[Row], test_labels: torch.Tensor) -> str:
+    cells = []
+    for r in rows:
+        if r.cas_predicted is None:
+            continue
+        per_digit, common = cas_misses(r.cas_predicted, test_labels)
+        cells.append((r.name, f"{sum(per_digit):,}", *(str(n) for n in per_digit),
+                      ", ".join(f"{t} → {p}: {n}" for t, p, n in common)))
+    return table(["samples", "missed", *(str(d) for d in range(10)), "commonest (true → read as: count)"], cells)
+
+
+def missed_picture(evaluator: Evaluator, row: Row, reference: Row, path: Path, limit: int = 100) -> None:
+    """The real test digits that `row`'s CAS classifier misses and `reference`'s reads right, in digit order."""
+    labels = evaluator.test_labels
+    only_row = (row.cas_predicted != labels) & (reference.cas_predicted == labels)
+    order = torch.argsort(labels[only_row], stable=True)[:limit]
+    images = evaluator.test_images[only_row][order]
+    if len(images):
+        artifacts.image_grid(images, 10, path, title=f"missed only by the classifier trained on generated digits "
+                                                     f"({int(only_row.sum())}; first {len(images)} by digit)")
+
+
 def digit_grid(model: Generator, path: Path, title: str) -> None:
     """One row per digit (conditional), or 100 samples (unconditional)."""
     with torch.inference_mode():
@@ -392,8 +430,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             evaluator.row("real, 3x3 binomial blur", binomial_blur(real))]
     per_digit = args.cas_per_digit
     print(f"CAS reference: the fixed recipe on {per_digit:,} real training images per digit", file=sys.stderr)
-    cas_reference = evaluator.cas(*balanced_subset(train_images, train_labels, per_digit))
-    rows[0].cas = cas_reference
+    evaluator.measure_cas(rows[0], *balanced_subset(train_images, train_labels, per_digit))
+    cas_reference = rows[0].cas
     runs = [("tutorial preset", out / "presets" / "tutorial")]
     runs += [tuple(spec.split("=", 1)) for spec in args.model]
     runs.append(("default model (served)", out))
@@ -414,11 +452,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         rows.append(evaluator.row(label, images, requested))
         if model.num_classes:
             print(f"CAS of {name}: the fixed recipe on {per_digit:,} generated digits per requested digit", file=sys.stderr)
-            rows[-1].cas = evaluator.cas(*generate_per_digit(model, per_digit))
+            evaluator.measure_cas(rows[-1], *generate_per_digit(model, per_digit))
         if run_dir == out:
             default, default_meta = rows[-1], meta
             for directory in (out, args.docs_dir):
                 digit_grid(model, directory / "digits.png", f"{meta['preset']}: one row per digit")
+                if default.cas_predicted is not None:
+                    missed_picture(evaluator, default, rows[0], directory / "cas_misses.png")
     table = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
               "Written by `make evaluate` (`python -m experiments.evaluate`).", "",
@@ -438,6 +478,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         report += [f"- {'PASS' if ok else 'MISS'}: {text}"
                    for text, ok in target_checks(default, evaluator, cas_reference, train_seconds)]
         report += ["", "![one row per digit](digits.png)", ""]
+    report += ["## Where CAS loses", "",
+               "The real test digits that each row's CAS classifier reads wrong, by true digit, and the commonest "
+               "mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "
+               "with a bar through it) teaches its classifier nothing about it.", "",
+               cas_misses_table(rows, evaluator.test_labels), ""]
+    if default is not None and default.cas_predicted is not None:
+        report += ["![real test digits the served model's CAS classifier misses and the real reference reads right]"
+                   "(cas_misses.png)", ""]
     if notes:
         report += ["## Notes on the rows", "", *notes, ""]
     text = "\n".join(report) + "\n"

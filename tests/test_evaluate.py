@@ -162,3 +162,23 @@ def test_extra_rows_name_how_their_recipe_differs_from_todays_preset():
     config["betas"] = list(config["betas"])  # as generator.json stores it
     assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3}
     assert E.recipe_changes(asdict(make_config("tutorial"))) == {}
+
+
+def test_cas_misses_count_each_true_digit_and_rank_the_mistakes():
+    truth = torch.tensor([7, 7, 7, 7, 9, 9, 2, 2, 0])
+    read = torch.tensor([2, 2, 9, 7, 8, 9, 2, 7, 0])
+    per_digit, common = E.cas_misses(read, truth)
+    assert per_digit == [0, 0, 1, 0, 0, 0, 0, 3, 0, 1]
+    assert common == [(7, 2, 2), (2, 7, 1), (7, 9, 1), (9, 8, 1)]  # ties in (true, read) order
+    assert E.cas_misses(truth, truth) == ([0] * 10, [])
+
+
+def test_measure_cas_keeps_the_reading_that_gives_the_score(setup, cas_sets):
+    evaluator = setup[0]
+    images, labels = cas_sets[1]
+    row = E.Row("labels shifted by one", 0.0, 0.0, 0.0, 0.0)
+    evaluator.measure_cas(row, images, (labels + 1) % 10)
+    assert row.cas == pytest.approx((row.cas_predicted == evaluator.test_labels).float().mean().item())
+    _, common = E.cas_misses(row.cas_predicted, evaluator.test_labels)
+    assert all(read == (true + 1) % 10 for true, read, _ in common)  # it learnt the shift, and the table says so
+    assert "missed" in E.cas_misses_table([row], evaluator.test_labels)
