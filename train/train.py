@@ -39,6 +39,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 matrix work natively (elsewhere autocast would emulate it, slowly)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -65,6 +75,7 @@ class Trainer:
         # each optimizer with its configured rate, which the schedule scales
         self.base_rates = [(opt, opt.param_groups[0]["lr"]) for opt in (self.opt_g, self.opt_d)]
         self.loss_fn = LOSSES[config.loss]() if LOSSES[config.loss] is not None else None
+        self.bf16 = config.bf16 and bf16_native(self.device)
         self.total_steps = 0  # set by fit: the run's length, for the learning-rate schedule
         self.ema: Optional[AveragedModel] = None
         if config.ema_decay:
@@ -138,6 +149,10 @@ class Trainer:
             loss = loss + aux_weight * F.cross_entropy(scores[:, 1:], labels)
         return loss
 
+    def _autocast(self) -> torch.autocast:
+        """The forward passes' precision; backward follows it, and weights, optimizers and EMA stay float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def train_step(self, real: torch.Tensor, labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of D and one of G; returns their losses (detached tensors)."""
         G, D = self.generator, self.discriminator
@@ -157,13 +172,14 @@ class Trainer:
             fake = G(noise, fake_labels)
         else:
             noise, fake_labels = self._latent(len(real))
-            fake = G(noise, fake_labels)
             self.opt_d.zero_grad()
             fake_aux = 1.0 if self.config.aux_on_fakes else 0.0
-            # A digit head that learns from real digits only need not even look at the fakes here.
-            fake_scores = D(self._augment(fake.detach()), fake_labels, digits=self.config.aux_on_fakes)
-            d_loss = (self._loss(D(self._augment(real), labels), 1.0, labels)
-                      + self._loss(fake_scores, 0.0, fake_labels, fake_aux))
+            with self._autocast():
+                fake = G(noise, fake_labels)
+                # A digit head that learns from real digits only need not even look at the fakes here.
+                fake_scores = D(self._augment(fake.detach()), fake_labels, digits=self.config.aux_on_fakes)
+                d_loss = (self._loss(D(self._augment(real), labels), 1.0, labels)
+                          + self._loss(fake_scores, 0.0, fake_labels, fake_aux))
             d_loss.backward()
             self.opt_d.step()
             d_loss = d_loss.detach() / 2
@@ -172,8 +188,9 @@ class Trainer:
         # D's own gradients are not needed here (its next step starts from zero), so autograd skips them.
         D.requires_grad_(False)
         try:
-            g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
-                                for_generator=True)
+            with self._autocast():
+                g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
+                                    for_generator=True)
             g_loss.backward()
         finally:
             D.requires_grad_(True)
@@ -307,6 +324,7 @@ class Trainer:
             config=asdict(cfg),
             data=dict(dir=str(Path(data_dir).resolve()), train_images=train_images, train_images_md5=data_checksum(data_dir)),
             device=str(self.device) if self.device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(self.device)})",
+            precision="bf16 autocast" if self.bf16 else "float32",
             threads=torch.get_num_threads(),
             versions=dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__),
             git_commit=git_commit(),
