@@ -42,6 +42,7 @@ PER_DIGIT = 300  # samples per digit for the pairwise-distance (mode collapse) m
 TARGET_ACCURACY = 0.99
 CAS_PER_DIGIT = 2_000  # training images per digit for the Classification Accuracy Score
 CAS_EPOCHS = 4
+CAS_SEEDS = 3  # make evaluate's CAS is the mean of this many classifiers: one classifier's seed moves it by tenths of a point
 BROKEN_BELOW = 0.5  # a sample whose top class probability is below this reads as no digit at all
 
 
@@ -92,14 +93,17 @@ def classification_accuracy_score(images: torch.Tensor, labels: torch.Tensor, te
     return accuracy(fit_classifier(images, labels, epochs, seed), test_images, test_labels)
 
 
-def cas_misses(predicted: torch.Tensor, test_labels: torch.Tensor, top: int = 5) -> tuple[list[int], list[tuple[int, int, int]]]:
-    """Where a CAS classifier goes wrong on the real test images: misses per true digit, and the `top`
-    most common (true digit, read as, count), most frequent first."""
-    missed = predicted != test_labels
-    per_digit = torch.bincount(test_labels[missed], minlength=10).tolist()
-    pairs = torch.bincount(test_labels[missed] * 10 + predicted[missed], minlength=100)
+def cas_misses(predicted: torch.Tensor, test_labels: torch.Tensor, top: int = 5) -> tuple[list[float], list[tuple[int, int, float]]]:
+    """Where CAS classifiers go wrong on the real test images: misses per true digit, and the `top` most
+    common (true digit, read as, count), most frequent first; `predicted` holds one classifier's readings
+    (N) or several (classifiers x N), whose counts are averaged."""
+    predicted = predicted.reshape(-1, len(test_labels))
+    truth = test_labels.expand_as(predicted)
+    missed = predicted != truth
+    per_digit = (torch.bincount(truth[missed], minlength=10) / len(predicted)).tolist()
+    pairs = torch.bincount(truth[missed] * 10 + predicted[missed], minlength=100) / len(predicted)
     counts, order = pairs.sort(descending=True, stable=True)
-    return per_digit, [(int(i) // 10, int(i) % 10, int(c)) for c, i in zip(counts[:top], order[:top]) if c > 0]
+    return per_digit, [(int(i) // 10, int(i) % 10, c.item()) for c, i in zip(counts[:top], order[:top]) if c > 0]
 
 
 @torch.inference_mode()
@@ -197,7 +201,7 @@ class Row:
     histogram: list[int] = field(default_factory=list)
     broken: float = float("nan")  # fraction with top class probability < BROKEN_BELOW
     cas: Optional[float] = None  # Classification Accuracy Score, when measured
-    cas_predicted: Optional[torch.Tensor] = None  # that score's classifier's reading of each real test image
+    cas_predicted: Optional[torch.Tensor] = None  # that score's classifiers' readings of the real test images
 
     @property
     def pairwise_mean(self) -> float:
@@ -225,9 +229,11 @@ class Evaluator:
         """Classification Accuracy Score of (images, labels) on this evaluator's real test images."""
         return classification_accuracy_score(images, labels, self.test_images, self.test_labels, epochs)
 
-    def measure_cas(self, row: Row, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Sets `row`'s CAS, keeping its classifier's reading of every real test image."""
-        row.cas_predicted = predict(fit_classifier(images, labels, CAS_EPOCHS), self.test_images)
+    def measure_cas(self, row: Row, images: torch.Tensor, labels: torch.Tensor, seeds: int = CAS_SEEDS) -> None:
+        """Sets `row`'s CAS, the mean over `seeds` classifiers, keeping each one's reading of every real
+        test image (seeds x N)."""
+        row.cas_predicted = torch.stack([predict(fit_classifier(images, labels, CAS_EPOCHS, seed), self.test_images)
+                                         for seed in range(seeds)])
         row.cas = (row.cas_predicted == self.test_labels).float().mean().item()
 
     @torch.inference_mode()
@@ -369,8 +375,11 @@ def recipe_changes(config: dict) -> dict:
         return json.loads(json.dumps(settings))
 
     config, defaults = as_json(config), as_json(asdict(make_config(config["preset"])))
-    return {key: value for key, value in config.items()
-            if key not in RUN_PLACE and key in defaults and value != defaults[key]}
+    changes = {key: value for key, value in config.items()
+               if key not in RUN_PLACE and key in defaults and value != defaults[key]}
+    # a setting added after the run: what the run did there is not recorded, so say so instead of guessing
+    changes.update({key: "not recorded" for key in defaults if key not in config and key not in RUN_PLACE})
+    return changes
 
 
 def cas_misses_table(rows: list[Row], test_labels: torch.Tensor) -> str:
@@ -379,19 +388,20 @@ def cas_misses_table(rows: list[Row], test_labels: torch.Tensor) -> str:
         if r.cas_predicted is None:
             continue
         per_digit, common = cas_misses(r.cas_predicted, test_labels)
-        cells.append((r.name, f"{sum(per_digit):,}", *(str(n) for n in per_digit),
-                      ", ".join(f"{t} → {p}: {n}" for t, p, n in common)))
+        cells.append((r.name, f"{sum(per_digit):.1f}", *(f"{n:.1f}" for n in per_digit),
+                      ", ".join(f"{t} → {p}: {n:.1f}" for t, p, n in common)))
     return table(["samples", "missed", *(str(d) for d in range(10)), "commonest (true → read as: count)"], cells)
 
 
 def missed_picture(evaluator: Evaluator, row: Row, reference: Row, path: Path, limit: int = 100) -> None:
-    """The real test digits that `row`'s CAS classifier misses and `reference`'s reads right, in digit order."""
+    """The real test digits that all of `row`'s CAS classifiers miss and all of `reference`'s read right,
+    in digit order."""
     labels = evaluator.test_labels
-    only_row = (row.cas_predicted != labels) & (reference.cas_predicted == labels)
+    only_row = (row.cas_predicted != labels).all(0) & (reference.cas_predicted == labels).all(0)
     order = torch.argsort(labels[only_row], stable=True)[:limit]
     images = evaluator.test_images[only_row][order]
     if len(images):
-        artifacts.image_grid(images, 10, path, title=f"missed only by the classifier trained on generated digits "
+        artifacts.image_grid(images, 10, path, title=f"missed by every classifier trained on generated digits only "
                                                      f"({int(only_row.sum())}; first {len(images)} by digit)")
 
 
@@ -466,7 +476,8 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"{SAMPLES:,} samples per row (1,000 per requested digit) against the 10,000 test images. "
               f"Broken: top class probability below {BROKEN_BELOW} (real test images: {evaluator.real_broken:.2%}). "
               f"Diversity: mean pairwise pixel distance of {PER_DIGIT} samples of a digit, divided by the same for real "
-              f"test images. CAS (Classification Accuracy Score): a fresh classifier, fixed recipe ({CAS_EPOCHS} epochs), "
+              f"test images. CAS (Classification Accuracy Score): fresh classifiers, fixed recipe ({CAS_EPOCHS} epochs, the mean "
+              f"of {CAS_SEEDS} seeds), "
               f"trained on {per_digit:,} images per digit (generated: labelled with the requested digit) and tested on "
               f"the 10,000 real test images; its reference is the first row, the same recipe on {per_digit:,} real "
               "training images per digit.", "", table, "",
@@ -479,8 +490,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                    for text, ok in target_checks(default, evaluator, cas_reference, train_seconds)]
         report += ["", "![one row per digit](digits.png)", ""]
     report += ["## Where CAS loses", "",
-               "The real test digits that each row's CAS classifier reads wrong, by true digit, and the commonest "
-               "mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "
+               f"The real test digits that each row's CAS classifiers read wrong (mean of {CAS_SEEDS}), by true digit, and the "
+               "commonest mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "
                "with a bar through it) teaches its classifier nothing about it.", "",
                cas_misses_table(rows, evaluator.test_labels), ""]
     if default is not None and default.cas_predicted is not None:

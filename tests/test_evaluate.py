@@ -162,6 +162,8 @@ def test_extra_rows_name_how_their_recipe_differs_from_todays_preset():
     config["betas"] = list(config["betas"])  # as generator.json stores it
     assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3}
     assert E.recipe_changes(asdict(make_config("tutorial"))) == {}
+    del config["bf16"]  # a run from before the setting existed
+    assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3, "bf16": "not recorded"}
 
 
 def test_cas_misses_count_each_true_digit_and_rank_the_mistakes():
@@ -171,13 +173,18 @@ def test_cas_misses_count_each_true_digit_and_rank_the_mistakes():
     assert per_digit == [0, 0, 1, 0, 0, 0, 0, 3, 0, 1]
     assert common == [(7, 2, 2), (2, 7, 1), (7, 9, 1), (9, 8, 1)]  # ties in (true, read) order
     assert E.cas_misses(truth, truth) == ([0] * 10, [])
+    # two classifiers: the counts are their mean
+    per_digit, common = E.cas_misses(torch.stack([read, truth]), truth)
+    assert per_digit == [0, 0, 0.5, 0, 0, 0, 0, 1.5, 0, 0.5] and common[0] == (7, 2, 1.0)
 
 
 def test_measure_cas_keeps_the_reading_that_gives_the_score(setup, cas_sets):
     evaluator = setup[0]
     images, labels = cas_sets[1]
     row = E.Row("labels shifted by one", 0.0, 0.0, 0.0, 0.0)
-    evaluator.measure_cas(row, images, (labels + 1) % 10)
+    evaluator.measure_cas(row, images, (labels + 1) % 10, seeds=2)
+    assert row.cas_predicted.shape == (2, len(evaluator.test_labels))
+    assert not torch.equal(row.cas_predicted[0], row.cas_predicted[1])  # two classifiers, two seeds
     assert row.cas == pytest.approx((row.cas_predicted == evaluator.test_labels).float().mean().item())
     _, common = E.cas_misses(row.cas_predicted, evaluator.test_labels)
     assert all(read == (true + 1) % 10 for true, read, _ in common)  # it learnt the shift, and the table says so

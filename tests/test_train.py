@@ -16,7 +16,7 @@ from torch import nn
 from handler.generator import Generator
 from train.config import PRESETS, make_config
 from train.data import MnistMissing, load_mnist
-from train.train import Trainer, main, run
+from train.train import Trainer, bf16_native, main, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -259,3 +259,23 @@ def test_every_weight_of_both_networks_learns_at_every_step(preset):
         unchanged = [name for name, p in after.items() if torch.equal(p, before[name])]
         assert not unchanged, f"step {step + 1}: {unchanged} did not move"
         assert all(p.requires_grad for p in after.values())
+
+
+@pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bfloat16")
+def test_default_runs_its_forward_passes_in_bf16_and_keeps_float32_weights(data_dir):
+    trainer = Trainer(make_config("cdcgan", batch_size=16))
+    seen = []
+    hooks = [net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+             for net in (trainer.generator, trainer.discriminator)]
+    trainer.train_step(torch.rand(16, 1, 28, 28), torch.arange(16) % 10)
+    for hook in hooks:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    for net in (trainer.generator, trainer.discriminator, trainer.ema.module):
+        assert {p.dtype for p in net.parameters()} == {torch.float32}
+    assert trainer.metadata(str(data_dir), 16)["precision"] == "bf16 autocast"
+    # the tutorial's steps are the baseline: they stay float32
+    tutorial = Trainer(make_config("tutorial"))
+    assert not tutorial.bf16 and tutorial.metadata(str(data_dir), 1)["precision"] == "float32"
+    # and a run asked for float32 gets it
+    assert not Trainer(make_config("cdcgan", bf16=False)).bf16
