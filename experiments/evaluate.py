@@ -12,7 +12,8 @@ Score (CAS, Ravuri & Vinyals, 2019): a fresh classifier trained with a fixed rec
 generated digits only, tested on the real test set, beside the same recipe trained on as
 many real training digits. Calibration rows (real training images, shifted by one pixel,
 blurred) say what a given FID means on this feature space. The page goes to
-docs/quality.md with docs/digits.png (one row per digit).
+docs/quality.md with docs/digits.png (one row per digit) and docs/cas_misses.png (the real test
+digits that only the classifiers trained on generated digits get wrong).
 """
 import argparse
 import json
@@ -419,7 +420,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--out-dir", type=Path, default=Path("artifacts"))
     parser.add_argument("--docs-dir", type=Path, default=Path("docs"),
-                        help="where the results page (quality.md) and its picture (digits.png) go")
+                        help="where the results page (quality.md) and its pictures (digits.png, cas_misses.png) go")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=RUN_DIR",
                         help="extra generator rows (a run directory with generator.pt and generator.json)")
     parser.add_argument("--cas-per-digit", type=int, default=CAS_PER_DIGIT)
@@ -504,7 +505,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         with artifacts.atomic_path(path) as tmp:
             tmp.write_text(text)
     print(text)
-    print(f"\nwrote {args.docs_dir / 'quality.md'}, {args.docs_dir / 'digits.png'} and {out / 'report.md'}", file=sys.stderr)
+    print(f"\nwrote {args.docs_dir / 'quality.md'}, {args.docs_dir / 'digits.png'}, {args.docs_dir / 'cas_misses.png'} "
+          f"and {out / 'report.md'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

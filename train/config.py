@@ -20,7 +20,7 @@ class TrainConfig:
     loss: str = "nonsaturating"
     optimizer: str = "adam"  # "adam" or "sgd"
     # 8x DCGAN's 2e-4: in a 10-minute budget the steps are few, and the served EMA smooths the noise
-    # a large rate adds (docs/quality.md has the sweep's figures)
+    # a large rate adds (docs/quality-lr-sweep.md has the sweep's figures)
     lr: float = 1.6e-3
     lr_d: float = 0.0  # D's learning rate when it differs from G's (two time-scale update rule); 0: lr
     # "constant", or "linear": both learning rates fall linearly to 0 over the run, so the last steps
