@@ -30,7 +30,7 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 13  # what fits in 10 minutes on a 2-core CPU (docs/quality.md)
     # bfloat16 autocast for the forward passes where the hardware runs it natively (a CUDA GPU, or a CPU
-    # with AVX-512 BF16): on 2 such vCPUs a step is about 1.3x faster, so more epochs fit the budget
+    # with AVX-512 BF16): each step is cheaper, so more epochs fit the budget
     bf16: bool = True
     # "joint": one D step on real+fake, one G step on the same fakes.
     # "tutorial": D on one real image, D on one fake, then G on fresh noise, three optimizer steps.
