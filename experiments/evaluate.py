@@ -87,13 +87,6 @@ def fit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 4, 
     return model.eval()
 
 
-def classification_accuracy_score(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor,
-                                  test_labels: torch.Tensor, epochs: int = CAS_EPOCHS, seed: int = 0) -> float:
-    """CAS: test accuracy of the fixed recipe trained on (`images`, `labels`) alone, e.g. generated
-    digits with the digits they were asked to be."""
-    return accuracy(fit_classifier(images, labels, epochs, seed), test_images, test_labels)
-
-
 def cas_misses(predicted: torch.Tensor, test_labels: torch.Tensor, top: int = 5) -> tuple[list[float], list[tuple[int, int, float]]]:
     """Where CAS classifiers go wrong on the real test images: misses per true digit, and the `top` most
     common (true digit, read as, count), most frequent first; `predicted` holds one classifier's readings
@@ -226,16 +219,26 @@ class Evaluator:
         self.real_per_digit_accuracy = [hits[test_labels == d].float().mean().item() for d in range(10)]
         self.real_broken = (top_probability(self.classifier, test_images) < BROKEN_BELOW).float().mean().item()
 
-    def cas(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = CAS_EPOCHS) -> float:
+    def cas_readings(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = CAS_EPOCHS,
+                     seeds: int = CAS_SEEDS) -> torch.Tensor:
+        """CAS's classifiers: `seeds` fresh ones, the fixed recipe trained on (`images`, `labels`) alone
+        (e.g. generated digits with the digits they were asked to be), each reading every real test
+        image (seeds x N). Their mean accuracy is the Classification Accuracy Score."""
+        return torch.stack([predict(fit_classifier(images, labels, epochs, seed), self.test_images)
+                            for seed in range(seeds)])
+
+    def cas(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = CAS_EPOCHS, seeds: int = CAS_SEEDS) -> float:
         """Classification Accuracy Score of (images, labels) on this evaluator's real test images."""
-        return classification_accuracy_score(images, labels, self.test_images, self.test_labels, epochs)
+        return self.score(self.cas_readings(images, labels, epochs, seeds))
+
+    def score(self, readings: torch.Tensor) -> float:
+        """The fraction of the real test images read right (over every classifier in `readings`)."""
+        return (readings == self.test_labels).float().mean().item()
 
     def measure_cas(self, row: Row, images: torch.Tensor, labels: torch.Tensor, seeds: int = CAS_SEEDS) -> None:
-        """Sets `row`'s CAS, the mean over `seeds` classifiers, keeping each one's reading of every real
-        test image (seeds x N)."""
-        row.cas_predicted = torch.stack([predict(fit_classifier(images, labels, CAS_EPOCHS, seed), self.test_images)
-                                         for seed in range(seeds)])
-        row.cas = (row.cas_predicted == self.test_labels).float().mean().item()
+        """Sets `row`'s CAS, keeping its classifiers' readings for where-CAS-loses."""
+        row.cas_predicted = self.cas_readings(images, labels, seeds=seeds)
+        row.cas = self.score(row.cas_predicted)
 
     @torch.inference_mode()
     def row(self, name: str, images: torch.Tensor, requested: Optional[torch.Tensor] = None) -> Row:
@@ -496,7 +499,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                "with a bar through it) teaches its classifier nothing about it.", "",
                cas_misses_table(rows, evaluator.test_labels), ""]
     if default is not None and default.cas_predicted is not None:
-        report += ["![real test digits the served model's CAS classifier misses and the real reference reads right]"
+        report += ["![real test digits every CAS classifier of the served model misses and every one of the real "
+                   "reference reads right]"
                    "(cas_misses.png)", ""]
     if notes:
         report += ["## Notes on the rows", "", *notes, ""]
