@@ -245,13 +245,11 @@ def test_diff_augment_moves_and_cuts_out_but_keeps_gradients():
     assert torch.equal(Trainer(make_config("cdcgan"))._augment(images), images)  # off by default
 
 
-@pytest.mark.parametrize("preset, settings", [("cdcgan", {}), ("cdcgan", dict(recon_weight=0.0)),
-                                               ("cdcgan", dict(recon_weight=10.0)), ("tutorial", {})])
-def test_every_weight_of_every_network_learns_at_every_step(preset, settings):
+@pytest.mark.parametrize("preset", ["cdcgan", "tutorial"])
+def test_every_weight_of_both_networks_learns_at_every_step(preset):
     # The G step freezes D (its gradients there are thrown away): D must come back trainable.
-    trainer = Trainer(make_config(preset, batch_size=64, **settings))
-    nets = ("generator", "discriminator") + (("encoder",) if trainer.encoder is not None else ())
-    assert (trainer.encoder is not None) == bool(trainer.config.recon_weight)
+    trainer = Trainer(make_config(preset, batch_size=64))
+    nets = ("generator", "discriminator")
     # sparse strokes, unlike G's first grey fakes: D's outputs for the two must differ, or in bf16 the
     # real and fake halves of its bias gradient can cancel exactly
     images, labels = (torch.rand(64, 1, 28, 28) > 0.8).float(), torch.arange(64) % 10
@@ -262,30 +260,6 @@ def test_every_weight_of_every_network_learns_at_every_step(preset, settings):
         unchanged = [name for name, p in after.items() if torch.equal(p, before[name])]
         assert not unchanged, f"step {step + 1}: {unchanged} did not move"
         assert all(p.requires_grad for p in after.values())
-
-
-def test_reconstruction_term_teaches_g_to_redraw_each_real_digit_from_its_own_latent(data_dir):
-    # The VAE-GAN term: G must redraw a real digit from the latent the encoder gives that digit, not
-    # just draw a typical one, so a rare way of writing it stays within G's reach.
-    torch.manual_seed(0)
-    trainer = Trainer(make_config("cdcgan", recon_weight=10.0, bf16=False))
-    images, labels = load_mnist(str(data_dir), train=True, limit=2000)
-    sevens = images[labels == 7][:8]
-    sevens_labels = torch.full((8,), 7)
-
-    def redraw_error(order: torch.Tensor) -> float:  # G from each digit's mean latent, or from another 7's
-        with torch.no_grad():
-            mean, _ = trainer.encoder(sevens, sevens_labels)
-            return (trainer.generator(mean[order], sevens_labels) - sevens).abs().mean().item()
-
-    own, other = torch.arange(8), torch.arange(8).roll(1)
-    before = redraw_error(own)
-    for _ in range(150):
-        trainer.opt_g.zero_grad()
-        trainer._reconstruction_loss(sevens, sevens_labels).backward()
-        trainer.opt_g.step()
-    assert redraw_error(own) < 0.5 * before
-    assert redraw_error(own) < 0.7 * redraw_error(other)
 
 
 @pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bfloat16")

@@ -48,9 +48,6 @@ class TrainConfig:
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
     # "translation" and "cutout"; it keeps D from memorising the training set
     diff_augment: str = ""
-    # weight of the conditional VAE-GAN term (train/encoder.py): an encoder maps each real digit to a
-    # latent from which G must redraw it, plus a KL term that keeps those latents near N(0, I); 0: off
-    recon_weight: float = 0.0
     # run
     seed: int = 0
     data_dir: str = "data"

@@ -28,7 +28,6 @@ from train import artifacts
 from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config
 from train.data import MnistMissing, data_checksum, load_mnist
 from train.discriminator import Discriminator
-from train.encoder import Encoder
 
 LOSSES = {"mse": nn.MSELoss, "bce": nn.BCELoss, "nonsaturating": nn.BCEWithLogitsLoss, "hinge": None}
 SAMPLE_SEED = 1234  # the per-epoch sample grids use fixed inputs, so frames are comparable
@@ -71,11 +70,7 @@ class Trainer:
         self.discriminator = Discriminator(config.arch, config.num_classes, config.width, config.aux_classifier,
                                            config.projection, config.spectral_norm,
                                            config.label_blind_aux).to(self.device)
-        # G's optimizer also trains the encoder, when there is one: both minimise G's loss
-        self.encoder = (Encoder(config.latent_dim, config.num_classes, config.width).to(self.device)
-                        if config.recon_weight else None)
-        self.opt_g = self._optimizer(nn.ModuleList([self.generator, self.encoder]) if self.encoder else self.generator,
-                                     config.lr)
+        self.opt_g = self._optimizer(self.generator, config.lr)
         self.opt_d = self._optimizer(self.discriminator, config.lr_d or config.lr)
         # each optimizer with its configured rate, which the schedule scales
         self.base_rates = [(opt, opt.param_groups[0]["lr"]) for opt in (self.opt_g, self.opt_d)]
@@ -154,17 +149,6 @@ class Trainer:
             loss = loss + aux_weight * F.cross_entropy(scores[:, 1:], labels)
         return loss
 
-    def _reconstruction_loss(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The conditional VAE's loss per pixel: G redraws each real digit from a latent the encoder
-        samples for it (BCE), plus the KL of that latent distribution to N(0, I)."""
-        mean, log_var = self.encoder(real, labels)
-        mean, log_var = mean.float(), log_var.float()
-        latent = mean + torch.randn(mean.shape, generator=self.noise_rng).to(mean) * (0.5 * log_var).exp()
-        redrawn = self.generator(latent, labels).float().clamp(1e-6, 1 - 1e-6)
-        bce = -(real * redrawn.log() + (1 - real) * (1 - redrawn).log()).mean()  # autocast bars F.binary_cross_entropy
-        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(dim=1).mean()
-        return bce + kl / real[0].numel()
-
     def _autocast(self) -> torch.autocast:
         """The forward passes' precision; backward follows it, and weights, optimizers and EMA stay float32."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -207,8 +191,6 @@ class Trainer:
             with self._autocast():
                 g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
                                     for_generator=True)
-                if self.encoder is not None:
-                    g_loss = g_loss + self.config.recon_weight * self._reconstruction_loss(real, labels)
             g_loss.backward()
         finally:
             D.requires_grad_(True)
@@ -307,7 +289,6 @@ class Trainer:
             generator=self.generator.state_dict(), discriminator=self.discriminator.state_dict(),
             opt_g=self.opt_g.state_dict(), opt_d=self.opt_d.state_dict(),
             ema=None if self.ema is None else self.ema.state_dict(),
-            encoder=None if self.encoder is None else self.encoder.state_dict(),
             noise_rng=self.noise_rng.get_state(), torch_rng=torch.get_rng_state(),
         )
 
@@ -321,8 +302,6 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
-        if self.encoder is not None:
-            self.encoder.load_state_dict(state["encoder"])
         self.noise_rng.set_state(state["noise_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.step_in_epoch, self.steps = state["epoch"], state["step_in_epoch"], state["steps"]
