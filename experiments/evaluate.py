@@ -383,9 +383,10 @@ def recipe_changes(config: dict) -> dict:
                if key not in RUN_PLACE and key in defaults and value != defaults[key]}
     # a setting added after the run: what the run did there is not recorded, so say so instead of guessing
     changes.update({key: "not recorded" for key in defaults if key not in config and key not in RUN_PLACE})
-    # a setting removed since (an experiment's option): today's code cannot repeat the run, so say what it was
+    # a setting removed since (an experiment's option): today's code cannot repeat the run, so say what it
+    # was; switched off (0, False, ""), it did what today's code does
     changes.update({key: f"{value} (no longer a setting)" for key, value in config.items()
-                    if key not in defaults and key not in RUN_PLACE})
+                    if key not in defaults and key not in RUN_PLACE and value})
     return changes
 
 

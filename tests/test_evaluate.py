@@ -165,7 +165,9 @@ def test_extra_rows_name_how_their_recipe_differs_from_todays_preset():
     del config["bf16"]  # a run from before the setting existed
     assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3, "bf16": "not recorded"}
     config["recon_weight"] = 10.0  # an experiment's option, removed since
-    assert E.recipe_changes(config)["recon_weight"] == "10.0 (no longer a setting)"
+    config["twin_weight"] = 0.0  # one that was off
+    changes = E.recipe_changes(config)
+    assert changes["recon_weight"] == "10.0 (no longer a setting)" and "twin_weight" not in changes
 
 
 def test_cas_misses_count_each_true_digit_and_rank_the_mistakes():
