@@ -18,6 +18,7 @@ digits that only the classifiers trained on generated digits get wrong).
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -375,18 +376,17 @@ RUN_PLACE = {"data_dir", "out_dir", "device", "threads", "limit", "log_every"}  
 
 def recipe_changes(config: dict) -> dict:
     """The settings of a run (generator.json's "config") that differ from its preset's current defaults."""
-    def as_json(settings: dict) -> dict:  # generator.json's form: tuples become lists
-        return json.loads(json.dumps(settings))
+    def recipe(settings: dict) -> dict:  # in generator.json's form (tuples become lists), less where it ran
+        return {key: value for key, value in json.loads(json.dumps(settings)).items() if key not in RUN_PLACE}
 
-    config, defaults = as_json(config), as_json(asdict(make_config(config["preset"])))
-    changes = {key: value for key, value in config.items()
-               if key not in RUN_PLACE and key in defaults and value != defaults[key]}
+    config, defaults = recipe(config), recipe(asdict(make_config(config["preset"])))
+    changes = {key: value for key, value in config.items() if key in defaults and value != defaults[key]}
     # a setting added after the run: what the run did there is not recorded, so say so instead of guessing
-    changes.update({key: "not recorded" for key in defaults if key not in config and key not in RUN_PLACE})
+    changes.update({key: "not recorded" for key in defaults if key not in config})
     # a setting removed since (an experiment's option): today's code cannot repeat the run, so say what it
     # was; switched off (0, False, ""), it did what today's code does
     changes.update({key: f"{value} (no longer a setting)" for key, value in config.items()
-                    if key not in defaults and key not in RUN_PLACE and value})
+                    if key not in defaults and value})
     return changes
 
 
@@ -401,9 +401,9 @@ def cas_misses_table(rows: list[Row], test_labels: torch.Tensor) -> str:
     return table(["samples", "missed", *(str(d) for d in range(10)), "commonest (true → read as: count)"], cells)
 
 
-def missed_picture(evaluator: Evaluator, row: Row, reference: Row, path: Path, limit: int = 100) -> None:
+def missed_picture(evaluator: Evaluator, row: Row, reference: Row, path: Path, limit: int = 100) -> bool:
     """The real test digits that all of `row`'s CAS classifiers miss and all of `reference`'s read right,
-    in digit order."""
+    in digit order; False (and no picture) when there are none."""
     labels = evaluator.test_labels
     only_row = (row.cas_predicted != labels).all(0) & (reference.cas_predicted == labels).all(0)
     order = torch.argsort(labels[only_row], stable=True)[:limit]
@@ -411,6 +411,7 @@ def missed_picture(evaluator: Evaluator, row: Row, reference: Row, path: Path, l
     if len(images):
         artifacts.image_grid(images, 10, path, title=f"missed by every classifier trained on generated digits only "
                                                      f"({int(only_row.sum())}; first {len(images)} by digit)")
+    return bool(len(images))
 
 
 def digit_grid(model: Generator, path: Path, title: str) -> None:
@@ -473,10 +474,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             evaluator.measure_cas(rows[-1], *generate_per_digit(model, per_digit))
         if run_dir == out:
             default, default_meta = rows[-1], meta
-            for directory in (out, args.docs_dir):
-                digit_grid(model, directory / "digits.png", f"{meta['preset']}: one row per digit")
-                if default.cas_predicted is not None:
-                    missed_picture(evaluator, default, rows[0], directory / "cas_misses.png")
+            pictures = [out / "digits.png"]
+            digit_grid(model, pictures[0], f"{meta['preset']}: one row per digit")
+            if default.cas_predicted is not None and missed_picture(evaluator, default, rows[0], out / "cas_misses.png"):
+                pictures.append(out / "cas_misses.png")
+            for picture in pictures:  # drawn once, published beside the page
+                with artifacts.atomic_path(args.docs_dir / picture.name) as tmp:
+                    shutil.copyfile(picture, tmp)
     table = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
               "Written by `make evaluate` (`python -m experiments.evaluate`).", "",
