@@ -431,6 +431,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="where the results page (quality.md) and its pictures (digits.png, cas_misses.png) go")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=RUN_DIR",
                         help="extra generator rows (a run directory with generator.pt and generator.json)")
+    parser.add_argument("--noise-stds", default="1.0", metavar="STD,STD",
+                        help="extra rows: the served model sampled with these noise_std values ('' for none)")
     parser.add_argument("--cas-per-digit", type=int, default=CAS_PER_DIGIT)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -451,18 +453,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"CAS reference: the fixed recipe on {per_digit:,} real training images per digit", file=sys.stderr)
     evaluator.measure_cas(rows[0], *balanced_subset(train_images, train_labels, per_digit))
     cas_reference = rows[0].cas
-    runs = [("tutorial preset", out / "presets" / "tutorial")]
-    runs += [tuple(spec.split("=", 1)) for spec in args.model]
-    runs.append(("default model (served)", out))
+    # (row name, run directory, noise_std to sample with instead of the run's own)
+    runs = [("tutorial preset", out / "presets" / "tutorial", None)]
+    runs += [(*spec.split("=", 1), None) for spec in args.model]
+    runs += [("the served model", out, float(std)) for std in args.noise_stds.split(",") if std]
+    runs.append(("default model (served)", out, None))
     notes, default, default_meta = [], None, None
-    for name, run_dir in runs:
+    for name, run_dir, noise_std in runs:
         run_dir = Path(run_dir)
         try:
             model, meta = artifacts.load_run(run_dir)
         except ValueError as error:
             notes.append(f"- {name}: skipped ({error})")
             continue
-        label = f"{name}: {meta['preset']}, {meta['epochs']} epochs, {meta['train_seconds'] / 60:.1f} min"
+        model.noise_std = noise_std or model.noise_std
+        label = (f"{name}: {meta['preset']}, {meta['epochs']} epochs, {meta['train_seconds'] / 60:.1f} min"
+                 + (f", noise std {model.noise_std:g}" if model.noise == "normal" else ""))
         changes = recipe_changes(meta["config"])
         if changes:
             notes.append(f"- {label}: differs from today's `{meta['preset']}` preset in "
@@ -472,7 +478,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if model.num_classes:
             print(f"CAS of {name}: the fixed recipe on {per_digit:,} generated digits per requested digit", file=sys.stderr)
             evaluator.measure_cas(rows[-1], *generate_per_digit(model, per_digit))
-        if run_dir == out:
+        if run_dir == out and noise_std is None:
             default, default_meta = rows[-1], meta
             pictures = [out / "digits.png"]
             digit_grid(model, pictures[0], f"{meta['preset']}: one row per digit")

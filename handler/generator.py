@@ -29,6 +29,9 @@ class Generator(nn.Module):
       kept here so every sampler draws from the same one.
     class_norm: conv, conditional: every GroupNorm gets a per-digit scale and shift (conditional
       normalisation), so the digit steers every layer, not only the input vector.
+    noise_std: the standard deviation of the normal noise that `sample_latent` draws for serving,
+      evaluation and pictures; training draws N(0, I). Above 1 it is the opposite of BigGAN's
+      truncation trick: the latent's tails draw the rarer ways of writing a digit.
     """
 
     def __init__(
@@ -40,11 +43,15 @@ class Generator(nn.Module):
         label_dim: int = 32,
         noise: str = "normal",
         class_norm: bool = True,
+        noise_std: float = 1.0,
     ) -> None:
         super().__init__()
         if noise not in ("normal", "uniform"):
             raise ValueError(f"unknown noise distribution {noise!r}")
+        if not noise_std > 0 or (noise == "uniform" and noise_std != 1):
+            raise ValueError(f"noise_std must be positive, and 1 for uniform noise: got {noise_std!r}")
         self.arch, self.latent_dim, self.num_classes, self.noise = arch, latent_dim, num_classes, noise
+        self.noise_std = noise_std
         if arch == "conv":
             self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
             in_dim = latent_dim + (label_dim if num_classes else 0)
@@ -104,17 +111,19 @@ class Generator(nn.Module):
 
 def sample_latent(
     model: Generator, count: int, rng: torch.Generator, digit: Optional[int] = None,
-    digits: Optional[torch.Tensor] = None,
+    digits: Optional[torch.Tensor] = None, noise_std: Optional[float] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Draws `count` noise vectors and, for a conditional model, their labels: `digit` for every
     sample, or the given `digits` (one per sample; an unconditional model takes none), else uniform
-    over the classes from `rng`.
+    over the classes from `rng`. Normal noise has the model's `noise_std` unless `noise_std` is given.
 
     Everything comes from `rng`, so a seeded `rng` reproduces the same inputs on any
     machine; the tensors are on the CPU (move them to the model's device yourself).
     """
     draw = torch.randn if model.noise == "normal" else torch.rand
     noise = draw(count, model.latent_dim, generator=rng)
+    if model.noise == "normal":
+        noise = noise * (model.noise_std if noise_std is None else noise_std)
     if not model.num_classes:
         if digit is not None:
             raise ValueError("this generator is unconditional: it cannot draw a requested digit")

@@ -42,6 +42,17 @@ def test_sample_latent_is_reproducible_and_honours_the_digit():
     assert labels is None and noise.min() >= 0 and noise.max() < 1
 
 
+def test_sample_latent_draws_normal_noise_with_the_models_spread_unless_told_otherwise():
+    wide = Generator(noise_std=1.5)
+    noise, labels = sample_latent(wide, 4, torch.Generator().manual_seed(3))
+    standard = torch.randn(4, 100, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(noise, 1.5 * standard)  # the same draw, widened: a seed means the same thing at any spread
+    assert torch.equal(labels, sample_latent(Generator(), 4, torch.Generator().manual_seed(3))[1])
+    # training's draws (noise_std=1.0) ignore the model's serving spread
+    assert torch.equal(sample_latent(wide, 4, torch.Generator().manual_seed(3), noise_std=1.0)[0], standard)
+    assert sample_latent(wide, 20_000, torch.Generator().manual_seed(0))[0].std().item() == pytest.approx(1.5, abs=0.01)
+
+
 def test_conditional_generator_requires_labels_and_unconditional_refuses_digits():
     with pytest.raises(ValueError, match="conditional"):
         Generator()(torch.randn(2, 100))
@@ -63,6 +74,11 @@ def test_unknown_settings_are_refused():
         Generator(arch="transformer")
     with pytest.raises(ValueError, match="noise"):
         Generator(noise="cauchy")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise_std"):
+            Generator(noise_std=bad)
+    with pytest.raises(ValueError, match="noise_std"):
+        Generator(arch="mlp", num_classes=0, noise="uniform", noise_std=1.2)
 
 
 @pytest.mark.parametrize("training", [True, False])

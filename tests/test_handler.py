@@ -1,5 +1,6 @@
 """The handler in-process, loaded from the real archive and called by TorchServe's own worker code (no server)."""
 import ast
+import json
 import logging
 import sys
 import math
@@ -7,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cases import (BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSAGE, NEGOTIATION, PNG,
                    RUNTIME_AND_ROUNDING, decode_png, generators_images, grid_size)
 from handler.generator import ONNX_FILE
 from handler.request_contract import NotAcceptable, answer_type
+from train.config import make_config
 from experiments.local_handler import LocalHandler, copy_model_dir
 
 HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
@@ -55,6 +58,18 @@ def test_seeded_images_are_the_generators_own(handler_client):
     for count, seed in ((1, 0), (5, 123), (3, 2**63 - 1)):
         served = images_of(handler_client.post({"count": count, "seed": seed})[1])
         assert np.abs(served - generators_images(model, count, seed)).max() <= RUNTIME_AND_ROUNDING
+
+
+def test_noise_has_the_spread_the_run_recorded(handler_client, tiny_model_dir):
+    # Written out here rather than through sample_latent, so a handler that drops the run's noise_std fails.
+    noise_std = json.loads((tiny_model_dir / "generator.json").read_text())["model"]["noise_std"]
+    assert noise_std == make_config().noise_std != 1
+    model = handler_client.handler.model
+    noise = noise_std * torch.randn(3, model.latent_dim, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = model(noise, torch.full((3,), 4))[:, 0].numpy()
+    served = images_of(handler_client.post({"count": 3, "seed": 5, "digit": 4})[1])
+    assert np.abs(served - expected).max() <= RUNTIME_AND_ROUNDING
 
 
 @pytest.mark.parametrize("digit", range(10))

@@ -40,8 +40,8 @@ def test_smoke_run_writes_every_artifact(tiny_run):
 
 def test_tutorial_preset_is_the_tutorial_recipe():
     cfg = make_config("tutorial")
-    assert (cfg.arch, cfg.latent_dim, cfg.noise, cfg.loss, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs) == \
-        ("mlp", 100, "normal", "bce", "adam", 1e-4, 1, 4)
+    assert (cfg.arch, cfg.latent_dim, cfg.noise, cfg.noise_std, cfg.loss, cfg.optimizer, cfg.lr, cfg.batch_size,
+            cfg.epochs) == ("mlp", 100, "normal", 1.0, "bce", "adam", 1e-4, 1, 4)
     trainer = Trainer(cfg)
     g_layers = [type(m) for m in trainer.generator.net]
     assert g_layers == [nn.Linear, nn.LeakyReLU, nn.LayerNorm, nn.Linear, nn.Sigmoid, nn.Unflatten]
@@ -199,6 +199,15 @@ def test_generator_pt_holds_the_served_network(ema_decay, data_dir, tmp_path):
     assert served.keys() == expected.keys()
     assert all(torch.equal(served[k], expected[k]) for k in served)
     assert json.loads((tmp_path / "generator.json").read_text())["served_weights"] == ("ema" if ema_decay else "generator")
+
+
+def test_training_draws_standard_noise_and_records_the_serving_spread(tiny_run):
+    trainer = Trainer(make_config("cdcgan", noise_std=2.0))
+    assert trainer.generator.noise_std == trainer.served_generator().noise_std == 2.0
+    noise, _ = trainer._latent(20_000)
+    assert noise.std().item() == pytest.approx(1.0, abs=0.01)  # what G learns from, whatever it serves
+    model = json.loads((tiny_run / "generator.json").read_text())["model"]
+    assert model["noise_std"] == make_config("cdcgan").noise_std == Generator(**model).noise_std
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -134,7 +134,8 @@ class Trainer:
 
     # -- one optimisation step -------------------------------------------------------
     def _latent(self, count: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        noise, labels = sample_latent(self.generator, count, self.noise_rng)
+        # G learns from N(0, I); the model's noise_std only changes what is drawn from it afterwards
+        noise, labels = sample_latent(self.generator, count, self.noise_rng, noise_std=1.0)
         return noise.to(self.device), None if labels is None else labels.to(self.device)
 
     def _loss(self, scores: torch.Tensor, target: float, labels: Optional[torch.Tensor] = None,
