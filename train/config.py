@@ -46,20 +46,12 @@ class TrainConfig:
     # D's digit head also learns the requested labels of fakes (the original AC-GAN); off, it learns from
     # real digits only, so it cannot learn to call an ambiguous fake whatever was requested
     aux_on_fakes: bool = False
-    # G's digit loss stops pulling a fake once D's head gives it the requested digit with this probability,
-    # so G keeps the ambiguous-but-right digits real data have instead of drawing only prototypes; 0: off
-    aux_floor: float = 0.0
     aux_weight: float = 3.0  # weight of G's digit loss: with per-digit norms in G a strong pull costs no realism
     # D's digit head gets its own image-only trunk: fed the label map, it reads the answer off that channel
     label_blind_aux: bool = True
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
     # "translation" and "cutout"; it keeps D from memorising the training set
     diff_augment: str = ""
-    # IMLE (Li & Malik, 2018; beside a GAN, Inclusive GAN, Yu et al., 2020): each of the batch's first 32 real
-    # digits pulls the nearest of `imle_candidates` same-digit samples towards itself (pixel MSE, times
-    # imle_weight), so rare ways of writing a digit get noise that draws them; 0: off
-    imle_weight: float = 0.0
-    imle_candidates: int = 8
     # run
     seed: int = 0
     data_dir: str = "data"

@@ -4,7 +4,6 @@
 """
 import argparse
 import copy
-import math
 import os
 import platform
 import signal
@@ -148,27 +147,8 @@ class Trainer:
         else:
             loss = self.loss_fn(adversarial, torch.full_like(adversarial, target))
         if scores.shape[1] > 1 and aux_weight:
-            if for_generator and self.config.aux_floor:
-                # -log p(requested) above -log(floor), i.e. only the fakes D reads as the digit less surely
-                surprise = F.cross_entropy(scores[:, 1:], labels, reduction="none")
-                loss = loss + aux_weight * F.relu(surprise + math.log(self.config.aux_floor)).mean()
-            else:
-                loss = loss + aux_weight * F.cross_entropy(scores[:, 1:], labels)
+            loss = loss + aux_weight * F.cross_entropy(scores[:, 1:], labels)
         return loss
-
-    def _imle_loss(self, real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Pixel MSE between each of the first 32 real digits and the nearest of k fresh samples of its digit."""
-        real, labels = real[:32], labels[:32]
-        G, k, n = self.generator, self.config.imle_candidates, len(real)
-        noise, digits = sample_latent(G, n * k, self.noise_rng, digits=labels.cpu().repeat_interleave(k), noise_std=1.0)
-        noise, digits = noise.to(self.device), digits.to(self.device)
-        with torch.no_grad(), self._autocast():
-            candidates = G(noise, digits).float().view(n, k, -1)
-        nearest = (candidates - real.view(n, 1, -1)).square().sum(-1).argmin(1)
-        chosen = noise.view(n, k, -1)[torch.arange(n, device=self.device), nearest]
-        with self._autocast():
-            drawn = G(chosen, labels)
-        return F.mse_loss(drawn.float(), real)
 
     def _autocast(self) -> torch.autocast:
         """The forward passes' precision; backward follows it, and weights, optimizers and EMA stay float32."""
@@ -212,8 +192,6 @@ class Trainer:
             with self._autocast():
                 g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
                                     for_generator=True)
-                if self.config.imle_weight and labels is not None:
-                    g_loss = g_loss + self.config.imle_weight * self._imle_loss(real, labels)
             g_loss.backward()
         finally:
             D.requires_grad_(True)
