@@ -423,6 +423,18 @@ def digit_grid(model: Generator, path: Path, title: str) -> None:
     artifacts.image_grid(images, 10, path, title=title)
 
 
+def runs_to_measure(out: Path, models: list[str], noise_stds: str) -> list[tuple[str, Path, Optional[float]]]:
+    """The generator rows: (name, run directory, noise_std to sample with instead of the run's own).
+
+    The tutorial baseline, the `NAME=RUN_DIR` runs, the served model at each spread of the comma list
+    `noise_stds`, and last the served model as it is served.
+    """
+    runs = [("tutorial preset", out / "presets" / "tutorial", None)]
+    runs += [(name, Path(run_dir), None) for name, run_dir in (spec.split("=", 1) for spec in models)]
+    runs += [("the served model", out, float(std)) for std in noise_stds.split(",") if std.strip()]
+    return runs + [("default model (served)", out, None)]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
@@ -453,13 +465,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"CAS reference: the fixed recipe on {per_digit:,} real training images per digit", file=sys.stderr)
     evaluator.measure_cas(rows[0], *balanced_subset(train_images, train_labels, per_digit))
     cas_reference = rows[0].cas
-    # (row name, run directory, noise_std to sample with instead of the run's own)
-    runs = [("tutorial preset", out / "presets" / "tutorial", None)]
-    runs += [(*spec.split("=", 1), None) for spec in args.model]
-    runs += [("the served model", out, float(std)) for std in args.noise_stds.split(",") if std]
-    runs.append(("default model (served)", out, None))
     notes, default, default_meta = [], None, None
-    for name, run_dir, noise_std in runs:
+    for name, run_dir, noise_std in runs_to_measure(out, args.model, args.noise_stds):
         run_dir = Path(run_dir)
         try:
             model, meta = artifacts.load_run(run_dir)
@@ -498,7 +505,8 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"of {CAS_SEEDS} seeds), "
               f"trained on {per_digit:,} images per digit (generated: labelled with the requested digit) and tested on "
               f"the 10,000 real test images; its reference is the first row, the same recipe on {per_digit:,} real "
-              "training images per digit.", "", table, "",
+              "training images per digit. A generated row names the standard deviation of the normal noise it was "
+              "sampled with (G trains on N(0, I); `noise_std` sets what the served model draws).", "", table, "",
               "## Per digit", "", per_digit_table(rows, evaluator.real_pairwise, evaluator.real_per_digit_accuracy), ""]
     if default is not None:
         train_seconds = default_meta["train_seconds"]

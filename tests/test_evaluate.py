@@ -1,6 +1,7 @@
 """The quality metrics on cases whose answer is known."""
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,11 @@ def test_measure_cas_keeps_the_reading_that_gives_the_score(setup, cas_sets):
     _, common = E.cas_misses(row.cas_predicted, evaluator.test_labels)
     assert all(read == (true + 1) % 10 for true, read, _ in common)  # it learnt the shift, and the table says so
     assert "missed" in E.cas_misses_table([row], evaluator.test_labels)
+
+
+def test_the_served_model_is_measured_at_each_spread_asked_for_and_last_as_served(tmp_path):
+    runs = E.runs_to_measure(tmp_path, ["seed 1=/runs/s1"], "1.0, 1.35")
+    assert runs == [("tutorial preset", tmp_path / "presets" / "tutorial", None), ("seed 1", Path("/runs/s1"), None),
+                    ("the served model", tmp_path, 1.0), ("the served model", tmp_path, 1.35),
+                    ("default model (served)", tmp_path, None)]
+    assert E.runs_to_measure(tmp_path, [], "")[-1] == ("default model (served)", tmp_path, None)
