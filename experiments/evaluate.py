@@ -467,7 +467,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     cas_reference = rows[0].cas
     notes, default, default_meta = [], None, None
     for name, run_dir, noise_std in runs_to_measure(out, args.model, args.noise_stds):
-        run_dir = Path(run_dir)
         try:
             model, meta = artifacts.load_run(run_dir)
         except ValueError as error:
