@@ -32,7 +32,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from tqdm import tqdm
 
-from handler.generator import Generator, sample_latent
+from handler.generator import Generator, checked_noise_std, sample_latent
 from train import artifacts
 from experiments.classifier import FEATURES, MnistClassifier
 from experiments.report import table
@@ -423,15 +423,23 @@ def digit_grid(model: Generator, path: Path, title: str) -> None:
     artifacts.image_grid(images, 10, path, title=title)
 
 
-def runs_to_measure(out: Path, models: list[str], noise_stds: str) -> list[tuple[str, Path, Optional[float]]]:
+def noise_spreads(text: str) -> list[float]:
+    """--noise-stds: a comma list of normal-noise spreads ('' for none)."""
+    try:
+        return [checked_noise_std("normal", float(std)) for std in text.split(",") if std.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}")
+
+
+def runs_to_measure(out: Path, models: list[str], noise_stds: list[float]) -> list[tuple[str, Path, Optional[float]]]:
     """The generator rows: (name, run directory, noise_std to sample with instead of the run's own).
 
-    The tutorial baseline, the `NAME=RUN_DIR` runs, the served model at each spread of the comma list
-    `noise_stds`, and last the served model as it is served.
+    The tutorial baseline, the `NAME=RUN_DIR` runs, the served model at each of `noise_stds`, and
+    last the served model as it is served.
     """
     runs = [("tutorial preset", out / "presets" / "tutorial", None)]
     runs += [(name, Path(run_dir), None) for name, run_dir in (spec.split("=", 1) for spec in models)]
-    runs += [("the served model", out, float(std)) for std in noise_stds.split(",") if std.strip()]
+    runs += [("the served model", out, std) for std in noise_stds]
     return runs + [("default model (served)", out, None)]
 
 
@@ -443,7 +451,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="where the results page (quality.md) and its pictures (digits.png, cas_misses.png) go")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=RUN_DIR",
                         help="extra generator rows (a run directory with generator.pt and generator.json)")
-    parser.add_argument("--noise-stds", default="1.0", metavar="STD,STD",
+    parser.add_argument("--noise-stds", type=noise_spreads, default=[1.0], metavar="STD,STD",
                         help="extra rows: the served model sampled with these noise_std values ('' for none)")
     parser.add_argument("--cas-per-digit", type=int, default=CAS_PER_DIGIT)
     parser.add_argument("--threads", type=int, default=2)
@@ -469,10 +477,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name, run_dir, noise_std in runs_to_measure(out, args.model, args.noise_stds):
         try:
             model, meta = artifacts.load_run(run_dir)
+            if noise_std is not None:
+                model.noise_std = checked_noise_std(model.noise, noise_std)
         except ValueError as error:
             notes.append(f"- {name}: skipped ({error})")
             continue
-        model.noise_std = noise_std or model.noise_std
         label = (f"{name}: {meta['preset']}, {meta['epochs']} epochs, {meta['train_seconds'] / 60:.1f} min"
                  + (f", noise std {model.noise_std:g}" if model.noise == "normal" else ""))
         changes = recipe_changes(meta["config"])

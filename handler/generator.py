@@ -48,10 +48,8 @@ class Generator(nn.Module):
         super().__init__()
         if noise not in ("normal", "uniform"):
             raise ValueError(f"unknown noise distribution {noise!r}")
-        if not noise_std > 0 or (noise == "uniform" and noise_std != 1):
-            raise ValueError(f"noise_std must be positive, and 1 for uniform noise: got {noise_std!r}")
         self.arch, self.latent_dim, self.num_classes, self.noise = arch, latent_dim, num_classes, noise
-        self.noise_std = noise_std
+        self.noise_std = checked_noise_std(noise, noise_std)
         if arch == "conv":
             self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
             in_dim = latent_dim + (label_dim if num_classes else 0)
@@ -107,6 +105,13 @@ class Generator(nn.Module):
                 scale, shift = next(norms)(labels).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
                 x = x * (1 + scale) + shift
         return x
+
+
+def checked_noise_std(noise: str, noise_std: float) -> float:
+    """`noise_std` when it is a spread `noise` noise can be drawn with, else ValueError."""
+    if not noise_std > 0 or (noise == "uniform" and noise_std != 1):
+        raise ValueError(f"noise_std must be positive, and 1 for uniform noise: got {noise_std!r}")
+    return noise_std
 
 
 def sample_latent(

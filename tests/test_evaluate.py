@@ -197,8 +197,16 @@ def test_measure_cas_keeps_the_reading_that_gives_the_score(setup, cas_sets):
 
 
 def test_the_served_model_is_measured_at_each_spread_asked_for_and_last_as_served(tmp_path):
-    runs = E.runs_to_measure(tmp_path, ["seed 1=/runs/s1"], "1.0, 1.35")
+    runs = E.runs_to_measure(tmp_path, ["seed 1=/runs/s1"], E.noise_spreads("1.0, 1.35"))
     assert runs == [("tutorial preset", tmp_path / "presets" / "tutorial", None), ("seed 1", Path("/runs/s1"), None),
                     ("the served model", tmp_path, 1.0), ("the served model", tmp_path, 1.35),
                     ("default model (served)", tmp_path, None)]
-    assert E.runs_to_measure(tmp_path, [], "")[-1] == ("default model (served)", tmp_path, None)
+    assert E.runs_to_measure(tmp_path, [], E.noise_spreads(""))[-1] == ("default model (served)", tmp_path, None)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "1.1,x"])
+def test_evaluate_refuses_a_spread_no_generator_can_draw_with_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        E.main(["--noise-stds", bad])
+    assert exit_info.value.code == 2  # argparse's usage error, before anything is loaded or measured
+    assert "--noise-stds" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from handler.generator import Generator
-from train.config import PRESETS, make_config
+from train.config import PRESETS, make_config, saved_config
 from train.data import MnistMissing, load_mnist
 from train.train import Trainer, bf16_native, main, run
 
@@ -59,6 +60,13 @@ def test_presets_and_settings_are_validated():
     with pytest.raises(ValueError, match="unknown settings"):
         make_config("cdcgan", batchsize=3)
     assert "cdcgan" in PRESETS and "tutorial" in PRESETS
+
+
+def test_only_the_conditional_default_samples_wider_than_it_trains():
+    # The spread was chosen on the conditional model's measures; every other preset samples N(0, I).
+    assert make_config("cdcgan").noise_std > 1
+    assert {name: make_config(name).noise_std for name in PRESETS if name != "cdcgan"} == {
+        name: 1.0 for name in PRESETS if name != "cdcgan"}
 
 
 def test_missing_mnist_fails_fast_with_where_to_put_the_files(tmp_path, monkeypatch):
@@ -183,6 +191,41 @@ def test_a_run_killed_before_its_first_checkpoint_cannot_be_resumed_and_leaves_n
 def test_resume_refuses_another_presets_checkpoint(tiny_tutorial_run, data_dir):
     with pytest.raises(SystemExit, match="is a 'tutorial' run, not 'cdcgan'"):
         main(["--resume", "--preset", "cdcgan", "--data-dir", str(data_dir), "--out-dir", str(tiny_tutorial_run)])
+
+
+def test_saved_config_reads_this_versions_and_older_checkpoints():
+    config = make_config("cdcgan", epochs=3, seed=4)
+    saved = {**asdict(config), "betas": list(config.betas)}  # as a checkpoint may hold them
+    assert saved_config(saved) == config
+    older = {key: value for key, value in saved.items() if key not in ("bf16", "noise_std")}
+    assert saved_config(older) == replace(config, bf16=False, noise_std=1.0)  # how such runs were trained and served
+    assert saved_config({**saved, "imle_weight": 0.0}) == config  # a since-removed option that was off changes nothing
+    with pytest.raises(ValueError, match="no longer has: imle_weight=10.0"):
+        saved_config({**saved, "imle_weight": 10.0})
+    with pytest.raises(ValueError, match="does not record the settings aux_weight"):
+        saved_config({key: value for key, value in saved.items() if key != "aux_weight"})
+
+
+def test_a_checkpoint_from_before_bf16_and_noise_std_resumes_as_it_was_trained(data_dir, tmp_path):
+    settings = dict(limit=64, batch_size=32, data_dir=str(data_dir), out_dir=str(tmp_path))
+    run(make_config("cdcgan", epochs=1, **settings))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["config"]["bf16"], state["config"]["noise_std"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    run(make_config("cdcgan", epochs=2, **settings), resume=True)
+    meta = json.loads((tmp_path / "generator.json").read_text())
+    assert (meta["epochs"], meta["config"]["bf16"], meta["precision"]) == (2, False, "float32")
+    assert meta["model"]["noise_std"] == 1.0
+
+
+def test_resume_refuses_a_checkpoint_with_a_removed_setting_without_a_traceback(data_dir, tmp_path):
+    run(make_config("cdcgan", epochs=1, limit=64, batch_size=32, data_dir=str(data_dir), out_dir=str(tmp_path)))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["config"]["recon_weight"] = 10.0
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="cannot be continued: .*no longer has: recon_weight=10.0"):
+        main(["--resume", "--data-dir", str(data_dir), "--out-dir", str(tmp_path)])
+    assert state["config"] == torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]  # left as it was
 
 
 @pytest.mark.parametrize("ema_decay", [0.999, 0.0])

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from handler.generator import Generator, sample_latent
 from train import artifacts
-from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config
+from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config, saved_config
 from train.data import MnistMissing, data_checksum, load_mnist
 from train.discriminator import Discriminator
 
@@ -363,7 +363,10 @@ def run(config: TrainConfig, resume: bool = False) -> Trainer:
         if not checkpoint_path.exists():
             raise SystemExit(f"--resume: no checkpoint at {checkpoint_path}; start a run without RESUME first")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        saved = TrainConfig(**{**state["config"], "betas": tuple(state["config"]["betas"])})
+        try:
+            saved = saved_config(state["config"])
+        except ValueError as error:
+            raise SystemExit(f"--resume: {checkpoint_path} cannot be continued: {error}")
         if saved.preset != config.preset:
             raise SystemExit(f"--resume: {checkpoint_path} is a {saved.preset!r} run, not {config.preset!r}")
         # The run continues as it was configured; only its length and where it runs may change.
