@@ -163,8 +163,10 @@ def test_extra_rows_name_how_their_recipe_differs_from_todays_preset():
     config["betas"] = list(config["betas"])  # as generator.json stores it
     assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3}
     assert E.recipe_changes(asdict(make_config("tutorial"))) == {}
-    del config["bf16"]  # a run from before the setting existed
-    assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3, "bf16": "not recorded"}
+    del config["bf16"], config["noise_std"]  # a run from before these settings existed: it had neither
+    assert E.recipe_changes(config) == {"lr": 2e-4, "seed": 3, "bf16": False, "noise_std": 1.0}
+    del config["aux_weight"]  # one whose earlier value is not known
+    assert E.recipe_changes(config)["aux_weight"] == "not recorded"
     config["recon_weight"] = 10.0  # an experiment's option, removed since
     config["twin_weight"] = 0.0  # one that was off
     changes = E.recipe_changes(config)
