@@ -44,7 +44,6 @@ class Generator(nn.Module):
         noise: str = "normal",
         class_norm: bool = True,
         noise_std: float = 1.0,
-        depth: int = 0,
     ) -> None:
         super().__init__()
         if noise not in ("normal", "uniform"):
@@ -66,8 +65,6 @@ class Generator(nn.Module):
                 nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # w x 14 x 14
                 nn.GroupNorm(8, width, affine=not class_norm),
                 nn.ReLU(),
-                *[m for _ in range(depth) for m in (nn.Conv2d(width, width, 3, 1, 1, bias=False),
-                                                    nn.GroupNorm(8, width, affine=not class_norm), nn.ReLU())],
                 nn.ConvTranspose2d(width, 1, 4, 2, 1),  # 1 x 28 x 28
                 nn.Sigmoid(),
             )

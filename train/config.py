@@ -52,10 +52,6 @@ class TrainConfig:
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
     # "translation" and "cutout"; it keeps D from memorising the training set
     diff_augment: str = ""
-    pack: int = 1
-    ms_weight: float = 0.0
-    g_depth: int = 0
-    d_width: int = 0
     # run
     seed: int = 0
     data_dir: str = "data"
@@ -72,8 +68,6 @@ class TrainConfig:
         if self.arch == "conv":
             kwargs["width"] = self.width
             kwargs["class_norm"] = self.class_norm
-            if self.g_depth:
-                kwargs["depth"] = self.g_depth
         return kwargs
 
 

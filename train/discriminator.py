@@ -27,10 +27,9 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, arch: str = "conv", num_classes: int = 10, width: int = 32, aux_classifier: bool = False,
-                 projection: bool = False, spectral_norm: bool = False, label_blind_aux: bool = False, pack: int = 1) -> None:
+                 projection: bool = False, spectral_norm: bool = False, label_blind_aux: bool = False) -> None:
         super().__init__()
         self.projection = self.aux_head = None
-        self.pack = pack
         if arch == "conv":
             # The digit enters as a learned 28x28 map, one more channel beside the image; or, with
             # `projection` (Miyato & Koyama, 2018), as the inner product of a digit embedding with D's features.
@@ -39,7 +38,7 @@ class Discriminator(nn.Module):
             # would differ between the all-real and all-fake halves.
             norm = (lambda m: nn.utils.parametrizations.spectral_norm(m)) if spectral_norm else (lambda m: m)
             self.features = nn.Sequential(
-                norm(nn.Conv2d(pack * (2 if self.label_map is not None else 1), width, 4, 2, 1)),  # w x 14 x 14
+                norm(nn.Conv2d(2 if self.label_map is not None else 1, width, 4, 2, 1)),  # w x 14 x 14
                 nn.LeakyReLU(0.2),
                 norm(nn.Conv2d(width, 2 * width, 4, 2, 1)),  # 2w x 7 x 7
                 nn.Identity() if spectral_norm else nn.BatchNorm2d(2 * width),
@@ -75,9 +74,8 @@ class Discriminator(nn.Module):
         digit_logits = self.aux_head(images) if self.aux_head is not None and digits else None
         if self.label_map is not None:
             images = torch.cat([images, self.label_map(labels).view(-1, 1, 28, 28)], dim=1)
-        n = len(images)
-        features = self.features(images.reshape(n // self.pack, -1, 28, 28))
-        scores = self.score(features).repeat_interleave(self.pack, dim=0)
+        features = self.features(images)
+        scores = self.score(features)
         if digit_logits is not None:
             scores = torch.cat([scores, digit_logits], dim=1)
         if self.projection is not None:

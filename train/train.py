@@ -67,9 +67,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)  # weight initialisation
         self.generator = Generator(**config.generator_kwargs()).to(self.device)
-        self.discriminator = Discriminator(config.arch, config.num_classes, config.d_width or config.width, config.aux_classifier,
+        self.discriminator = Discriminator(config.arch, config.num_classes, config.width, config.aux_classifier,
                                            config.projection, config.spectral_norm,
-                                           config.label_blind_aux, config.pack).to(self.device)
+                                           config.label_blind_aux).to(self.device)
         self.opt_g = self._optimizer(self.generator, config.lr)
         self.opt_d = self._optimizer(self.discriminator, config.lr_d or config.lr)
         # each optimizer with its configured rate, which the schedule scales
@@ -173,9 +173,6 @@ class Trainer:
             fake = G(noise, fake_labels)
         else:
             noise, fake_labels = self._latent(len(real))
-            if self.config.ms_weight:  # pairs: sample i and i + n/2 share a digit
-                half = len(real) // 2
-                fake_labels = torch.cat([fake_labels[:half], fake_labels[:half], fake_labels[2 * half:]])
             self.opt_d.zero_grad()
             fake_aux = 1.0 if self.config.aux_on_fakes else 0.0
             with self._autocast():
@@ -195,11 +192,6 @@ class Trainer:
             with self._autocast():
                 g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
                                     for_generator=True)
-                if self.config.ms_weight:
-                    half = len(real) // 2
-                    ratio = ((fake[:half] - fake[half:2 * half]).abs().float().mean(dim=(1, 2, 3))
-                             / (noise[:half] - noise[half:2 * half]).abs().mean(dim=1))
-                    g_loss = g_loss + self.config.ms_weight / (ratio.mean() + 1e-5)
             g_loss.backward()
         finally:
             D.requires_grad_(True)
