@@ -46,21 +46,21 @@ class Discriminator(nn.Module):
                 MinibatchStdDev(),  # (2w + 1) x 7 x 7
                 nn.Flatten(),
             )
-            # With aux_classifier, D also outputs digit logits (AC-GAN, Odena et al., 2017): G is then
-            # also trained to make digits that D classifies as the requested one. A digit head on features
-            # that saw the label channel can read the answer off that channel and then pulls G nowhere;
-            # label_blind_aux gives it its own trunk that sees the image only.
-            digits = num_classes if aux_classifier else 0
-            if digits and label_blind_aux and self.label_map is not None:
+            # With aux_classifier, columns 1.. are digit logits (AC-GAN, Odena et al., 2017): G is then
+            # also trained to make digits that D classifies as the requested one.
+            outputs = 1 + (num_classes if aux_classifier and num_classes else 0)
+            self.score = norm(nn.Linear((2 * width + 1) * 7 * 7, outputs))
+            if projection and num_classes:
+                self.projection = norm(nn.Embedding(num_classes, (2 * width + 1) * 7 * 7))
+            # The digit head on features that saw the label channel can read the answer off that channel
+            # and then pulls G nowhere; label_blind_aux gives it its own trunk that sees the image only.
+            if label_blind_aux and aux_classifier and self.label_map is not None:
                 self.aux_head = nn.Sequential(
                     nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),
                     nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
-                    nn.Flatten(), nn.Linear(2 * width * 7 * 7, digits),
+                    nn.Flatten(), nn.Linear(2 * width * 7 * 7, num_classes),
                 )
-                digits = 0  # the score layer gives the real/fake logit only
-            self.score = norm(nn.Linear((2 * width + 1) * 7 * 7, 1 + digits))
-            if projection and num_classes:
-                self.projection = norm(nn.Embedding(num_classes, (2 * width + 1) * 7 * 7))
+                self.score = norm(nn.Linear((2 * width + 1) * 7 * 7, 1))
         elif arch in ("mlp", "mlp-sigmoid"):
             hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]
             self.features = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, MLP_HIDDEN), *hidden)
