@@ -36,7 +36,7 @@ from handler.generator import Generator, checked_noise_std, sample_latent
 from train import artifacts
 from experiments.classifier import FEATURES, MnistClassifier
 from experiments.report import table
-from train.config import ADDED_SETTINGS, make_config
+from train.config import ADDED_SETTINGS, make_config, settings_unknown_here
 from train.data import MnistMissing, load_mnist
 
 SAMPLES = 10_000
@@ -379,15 +379,14 @@ def recipe_changes(config: dict) -> dict:
     def recipe(settings: dict) -> dict:  # in generator.json's form (tuples become lists), less where it ran
         return {key: value for key, value in json.loads(json.dumps(settings)).items() if key not in RUN_PLACE}
 
+    removed, missing = settings_unknown_here(config)
     # a run from before a setting existed did what ADDED_SETTINGS says
     config, defaults = recipe({**ADDED_SETTINGS, **config}), recipe(asdict(make_config(config["preset"])))
     changes = {key: value for key, value in config.items() if key in defaults and value != defaults[key]}
-    # a setting added after the run: what the run did there is not recorded, so say so instead of guessing
-    changes.update({key: "not recorded" for key in defaults if key not in config})
-    # a setting removed since (an experiment's option): today's code cannot repeat the run, so say what it
-    # was; switched off (0, False, ""), it did what today's code does
-    changes.update({key: f"{value} (no longer a setting)" for key, value in config.items()
-                    if key not in defaults and value})
+    # a setting added after the run, its earlier value unknown: say so instead of guessing
+    changes.update({key: "not recorded" for key in missing if key in defaults})
+    # a setting removed since (an experiment's option): today's code cannot repeat the run, so say what it was
+    changes.update({key: f"{value} (no longer a setting)" for key, value in removed.items()})
     return changes
 
 

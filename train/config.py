@@ -107,9 +107,19 @@ DEFAULT_PRESET = "cdcgan"
 ABLATION_STEPS = list(TUTORIAL_STEPS)
 
 
+SETTING_NAMES = frozenset(f.name for f in fields(TrainConfig))
+
 # Settings added after checkpoints were first written, with the value that continues an older run the way it
 # was trained and served: its checkpoint does not mention them.
 ADDED_SETTINGS = {"bf16": False, "noise_std": 1.0}
+
+
+def settings_unknown_here(saved: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """What a saved config (a checkpoint's, or generator.json's) says that this version cannot read:
+    the settings since removed that the run had on, with their values (one left off changed nothing),
+    and the settings it does not record whose earlier value is not in ADDED_SETTINGS."""
+    removed = {key: value for key, value in saved.items() if key not in SETTING_NAMES and value}
+    return removed, SETTING_NAMES - set(saved) - set(ADDED_SETTINGS)
 
 
 def saved_config(saved: dict[str, Any]) -> TrainConfig:
@@ -118,15 +128,14 @@ def saved_config(saved: dict[str, Any]) -> TrainConfig:
     Raises ValueError when this version cannot continue that run as it was trained: the checkpoint
     used a setting that has since been removed, or lacks one whose earlier value is not known.
     """
-    known = {f.name for f in fields(TrainConfig)}
-    removed = {key: value for key, value in saved.items() if key not in known and value}  # falsy: was off
+    removed, missing = settings_unknown_here(saved)
     if removed:
         raise ValueError("it was trained with settings this version no longer has: "
                          + ", ".join(f"{key}={value!r}" for key, value in sorted(removed.items())))
-    missing = known - set(saved) - set(ADDED_SETTINGS)
     if missing:
         raise ValueError(f"it does not record the settings {', '.join(sorted(missing))}")
-    settings = {**ADDED_SETTINGS, **{key: value for key, value in saved.items() if key in known}}
+    # a removed setting that was left off is dropped here
+    settings = {**ADDED_SETTINGS, **{key: value for key, value in saved.items() if key in SETTING_NAMES}}
     return TrainConfig(**{**settings, "betas": tuple(settings["betas"])})
 
 
@@ -134,8 +143,7 @@ def make_config(preset: str = DEFAULT_PRESET, **overrides: Any) -> TrainConfig:
     """The preset's config with `overrides` applied; None values are ignored."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - known
+    unknown = set(overrides) - SETTING_NAMES
     if unknown:
         raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
     settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
