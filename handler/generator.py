@@ -44,17 +44,15 @@ class Generator(nn.Module):
         noise: str = "normal",
         class_norm: bool = True,
         noise_std: float = 1.0,
-        style_codes: int = 0,
     ) -> None:
         super().__init__()
         if noise not in ("normal", "uniform"):
             raise ValueError(f"unknown noise distribution {noise!r}")
         self.arch, self.latent_dim, self.num_classes, self.noise = arch, latent_dim, num_classes, noise
         self.noise_std = checked_noise_std(noise, noise_std)
-        self.style_codes = style_codes
         if arch == "conv":
             self.label_embedding = nn.Embedding(num_classes, label_dim) if num_classes else None
-            in_dim = latent_dim + (label_dim if num_classes else 0) + style_codes
+            in_dim = latent_dim + (label_dim if num_classes else 0)
             # GroupNorm, not BatchNorm: a served image must not depend on batch statistics (and in
             # eval mode BatchNorm's running averages cut sample diversity).
             class_norm = class_norm and num_classes > 0
@@ -97,11 +95,7 @@ class Generator(nn.Module):
         if self.label_embedding is not None:
             if labels is None:
                 raise ValueError("this generator is conditional: pass the digit labels")
-            parts = [noise, self.label_embedding(labels)]
-            if self.style_codes:
-                code = noise[:, :self.style_codes].argmax(dim=1)
-                parts.append(nn.functional.one_hot(code, self.style_codes).to(noise.dtype))
-            noise = torch.cat(parts, dim=1)
+            noise = torch.cat([noise, self.label_embedding(labels)], dim=1)
         if self.class_norms is None:
             return self.net(noise)
         x, norms = noise, iter(self.class_norms)

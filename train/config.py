@@ -52,15 +52,6 @@ class TrainConfig:
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
     # "translation" and "cutout"; it keeps D from memorising the training set
     diff_augment: str = ""
-    # R1 (Mescheder et al., 2018): D's gradient on real digits is penalised with this weight, every
-    # r1_every steps (lazily, as StyleGAN2 does); 0: off. A smooth D is meant to stop G dropping rarer styles
-    r1_gamma: float = 0.0
-    r1_every: int = 4
-    # InfoGAN-style codes within each digit (Chen et al., 2016): the argmax of the first `style_codes` noise
-    # numbers is a uniform code G also gets one-hot, and D's digit trunk must read it back from the fake
-    # (weight info_weight), so each code must be a visibly different way of writing the digit; 0: off
-    style_codes: int = 0
-    info_weight: float = 1.0
     # run
     seed: int = 0
     data_dir: str = "data"
@@ -77,8 +68,6 @@ class TrainConfig:
         if self.arch == "conv":
             kwargs["width"] = self.width
             kwargs["class_norm"] = self.class_norm
-            if self.style_codes:
-                kwargs["style_codes"] = self.style_codes
         return kwargs
 
 

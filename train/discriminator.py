@@ -27,8 +27,7 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, arch: str = "conv", num_classes: int = 10, width: int = 32, aux_classifier: bool = False,
-                 projection: bool = False, spectral_norm: bool = False, label_blind_aux: bool = False,
-                 style_codes: int = 0) -> None:
+                 projection: bool = False, spectral_norm: bool = False, label_blind_aux: bool = False) -> None:
         super().__init__()
         self.projection = self.aux_head = None
         if arch == "conv":
@@ -59,7 +58,7 @@ class Discriminator(nn.Module):
                 self.aux_head = nn.Sequential(
                     nn.Conv2d(1, width, 4, 2, 1), nn.LeakyReLU(0.2),
                     nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
-                    nn.Flatten(), nn.Linear(2 * width * 7 * 7, num_classes + style_codes),
+                    nn.Flatten(), nn.Linear(2 * width * 7 * 7, num_classes),
                 )
                 # The digit logits come from this trunk now, so the score layer gives the real/fake logit only.
                 # It replaces the one built above instead of being the only one built: building that one first

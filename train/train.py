@@ -69,7 +69,7 @@ class Trainer:
         self.generator = Generator(**config.generator_kwargs()).to(self.device)
         self.discriminator = Discriminator(config.arch, config.num_classes, config.width, config.aux_classifier,
                                            config.projection, config.spectral_norm,
-                                           config.label_blind_aux, config.style_codes).to(self.device)
+                                           config.label_blind_aux).to(self.device)
         self.opt_g = self._optimizer(self.generator, config.lr)
         self.opt_d = self._optimizer(self.discriminator, config.lr_d or config.lr)
         # each optimizer with its configured rate, which the schedule scales
@@ -147,7 +147,7 @@ class Trainer:
         else:
             loss = self.loss_fn(adversarial, torch.full_like(adversarial, target))
         if scores.shape[1] > 1 and aux_weight:
-            loss = loss + aux_weight * F.cross_entropy(scores[:, 1:1 + self.config.num_classes], labels)
+            loss = loss + aux_weight * F.cross_entropy(scores[:, 1:], labels)
         return loss
 
     def _autocast(self) -> torch.autocast:
@@ -178,20 +178,10 @@ class Trainer:
             with self._autocast():
                 fake = G(noise, fake_labels)
                 # A digit head that learns from real digits only need not even look at the fakes here.
-                K = self.config.style_codes
-                fake_scores = D(self._augment(fake.detach()), fake_labels, digits=self.config.aux_on_fakes or K > 0)
+                fake_scores = D(self._augment(fake.detach()), fake_labels, digits=self.config.aux_on_fakes)
                 d_loss = (self._loss(D(self._augment(real), labels), 1.0, labels)
                           + self._loss(fake_scores, 0.0, fake_labels, fake_aux))
-                if K:
-                    code = noise[:, :K].argmax(dim=1)
-                    d_loss = d_loss + self.config.info_weight * F.cross_entropy(fake_scores[:, -K:].float(), code)
             d_loss.backward()
-            if self.config.r1_gamma and self.steps % self.config.r1_every == 0:
-                x = real.detach().requires_grad_(True)
-                score = D(x, labels, digits=False)[:, 0].sum()
-                (grad,) = torch.autograd.grad(score, x, create_graph=True)
-                r1 = grad.pow(2).flatten(1).sum(1).mean()
-                (self.config.r1_gamma / 2 * self.config.r1_every * r1).backward()
             self.opt_d.step()
             d_loss = d_loss.detach() / 2
         self.opt_g.zero_grad()
@@ -200,12 +190,8 @@ class Trainer:
         D.requires_grad_(False)
         try:
             with self._autocast():
-                g_scores = D(self._augment(fake), fake_labels)
-                g_loss = self._loss(g_scores, 1.0, fake_labels, self.config.aux_weight, for_generator=True)
-                if self.config.style_codes:
-                    K = self.config.style_codes
-                    g_loss = g_loss + self.config.info_weight * F.cross_entropy(
-                        g_scores[:, -K:].float(), noise[:, :K].argmax(dim=1))
+                g_loss = self._loss(D(self._augment(fake), fake_labels), 1.0, fake_labels, self.config.aux_weight,
+                                    for_generator=True)
             g_loss.backward()
         finally:
             D.requires_grad_(True)
