@@ -8,6 +8,8 @@ PYTHON ?= python3
 DATA_DIR ?= $(if $(wildcard data/MNIST/raw/*),data,$(if $(wildcard ../shared/data/MNIST/raw/*),../shared/data,data))
 PRESET ?= cdcgan
 OUT ?= artifacts
+# where `make archive` puts the .mar and `make serve` serves it from
+MODEL_STORE ?= model_store
 EPOCHS ?=
 DEVICE ?= auto
 RESUME ?=
@@ -33,10 +35,10 @@ baseline: install
 	$(MAKE) train PRESET=tutorial OUT=artifacts/presets/tutorial $(if $(RESUME),RESUME=1)
 
 archive: install
-	$(PY) -m scripts.archive --weights $(OUT)/generator.pt --metadata $(OUT)/generator.json --export-path model_store
+	$(PY) -m scripts.archive --weights $(OUT)/generator.pt --metadata $(OUT)/generator.json --export-path $(MODEL_STORE)
 
 serve: install
-	$(PY) -m scripts.server start
+	$(PY) -m scripts.server start --model-store $(MODEL_STORE)
 
 stop: install
 	$(PY) -m scripts.server stop
@@ -44,12 +46,12 @@ stop: install
 predict: install
 	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT))
 
-# Set-up, a one-epoch training (in artifacts/demo, so a real model in artifacts/ is kept),
-# archive, serve, one request, the picture, and the server stopped again.
+# Set-up, a one-epoch training, archive, serve, one request, the picture, and the server stopped again.
+# The demo's model and archive stay in artifacts/demo, so a real model and its model_store/ archive are kept.
 demo: install
 	$(MAKE) train EPOCHS=$(or $(EPOCHS),1) OUT=artifacts/demo
-	$(MAKE) archive OUT=artifacts/demo
-	$(MAKE) serve
+	$(MAKE) archive OUT=artifacts/demo MODEL_STORE=artifacts/demo/model_store
+	$(MAKE) serve MODEL_STORE=artifacts/demo/model_store
 	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
 
 # The quality report of the served model against issue 12's targets: the results page docs/quality.md
@@ -69,9 +71,12 @@ ablation: install
 test: install
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest
 
-clean: stop
+# Stops the server if there is a venv to stop it with (cleaning installs nothing), then deletes every run,
+# the tutorial baseline and the cached classifier included.
+clean:
+	-test ! -x $(PY) || $(PY) -m scripts.server stop
 	rm -rf artifacts model_store/*.mar
 
 # artifacts/kserve/{config/config.properties,model-store/mnist_gan.mar} for KServe's storageUri (deploy/README.md).
 kserve-bundle: install
-	$(PY) -m scripts.kserve_bundle --mar model_store/mnist_gan.mar --out artifacts/kserve
+	$(PY) -m scripts.kserve_bundle --mar $(MODEL_STORE)/mnist_gan.mar --out artifacts/kserve

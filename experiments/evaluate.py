@@ -443,6 +443,15 @@ def runs_to_measure(out: Path, models: list[str], noise_stds: list[float]) -> li
     return runs + [("default model (served)", out, None)]
 
 
+def written_by(models: list[str]) -> str:
+    """The page's provenance line: rows from run directories outside the repository are not `make evaluate`'s."""
+    if not models:
+        return "Written by `make evaluate` (`python -m experiments.evaluate`); rerun it to measure again."
+    names = ", ".join(spec.split("=", 1)[0] for spec in models)
+    return (f"Written by `python -m experiments.evaluate` with {len(models)} extra `--model` rows ({names}); "
+            "`make evaluate` rewrites it without them.")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
@@ -451,7 +460,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="where the results page (quality.md) and its pictures (digits.png, cas_misses.png) go")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=RUN_DIR",
                         help="extra generator rows (a run directory with generator.pt and generator.json)")
-    parser.add_argument("--noise-stds", type=noise_spreads, default=[1.0], metavar="STD,STD",
+    # a narrower and two wider spreads than the served one: the trade that train/config.py's noise_std settles
+    parser.add_argument("--noise-stds", type=noise_spreads, default=[1.0, 1.2, 1.35], metavar="STD,STD",
                         help="extra rows: the served model sampled with these noise_std values ('' for none)")
     parser.add_argument("--cas-per-digit", type=int, default=CAS_PER_DIGIT)
     parser.add_argument("--threads", type=int, default=2)
@@ -504,7 +514,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     shutil.copyfile(picture, tmp)
     table = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
-              "Written by `make evaluate` (`python -m experiments.evaluate`).", "",
+              written_by(args.model), "",
               f"Feature space: an MNIST classifier trained on the training split, test accuracy {test_accuracy:.2%}. "
               f"{SAMPLES:,} samples per row (1,000 per requested digit) against the 10,000 test images. "
               f"Broken: top class probability below {BROKEN_BELOW} (real test images: {evaluator.real_broken:.2%}). "

@@ -15,8 +15,32 @@ def table(header: list[str], rows: Iterable[Iterable[object]], numeric_from: int
     return "\n".join(lines)
 
 
+# A page's notes written by hand go below this line; the command that rewrites the page keeps them.
+NOTES = "**Notes, written by hand** (rerunning the command keeps them: check them against its new figures)."
+
+
 def write_page(path: Path, title: str, command: str, body: str) -> None:
-    """Writes a results page: its title, the command that wrote it, then `body`."""
-    text = f"# {title}\n\nWritten by `{command}`; rerun it to measure again.\n\n{body.rstrip()}\n"
+    """Writes a results page: its title, the command that wrote it, `body`, then the page's hand-written
+    notes (from NOTES on) as they were."""
+    old = path.read_text() if path.exists() else ""
+    notes = "\n" + old[old.index(NOTES):].rstrip() + "\n" if NOTES in old else ""
+    text = f"# {title}\n\nWritten by `{command}`; rerun it to measure again.\n\n{body.rstrip()}\n{notes}"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_section(path: Path, title: str, command: str, section: str) -> None:
+    """Replaces one "## " section of a page with `section` (which starts with its heading), keeping the rest;
+    writes the page with this section alone when it has none yet."""
+    old = path.read_text() if path.exists() else ""
+    heading = section.split("\n", 1)[0] + "\n"
+    if heading not in old:
+        write_page(path, title, command, section)
+        return
+    start = old.index(heading)
+    rest = old[start + len(heading):]
+    cut = min(i for i in (rest.find("\n## "), rest.find(NOTES), len(rest)) if i >= 0)  # where the section ends
+    tail = rest[cut:].lstrip("\n")
+    text = old[:start] + section.rstrip() + "\n" + (f"\n{tail}" if tail else "")
     with atomic_path(path) as tmp:
         tmp.write_text(text)

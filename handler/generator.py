@@ -3,8 +3,8 @@
 TorchServe imports this file (the archive's --model-file) as a top-level module and
 requires it to define exactly one class. Training, evaluation and the handler all
 import it, so the served network is the trained one by construction. The handler
-builds it with the keyword arguments recorded in `generator.json`; the defaults
-are the served configuration.
+builds it with the keyword arguments recorded in `generator.json`, so the served
+settings are the training run's (train/config.py), whatever the defaults here.
 """
 from typing import Optional
 

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from scripts import MODEL_NAME
-
-ROOT = Path(__file__).resolve().parent.parent
+from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri's contents
 
 
@@ -61,29 +59,11 @@ REQUIRED_KEYS = ("inference_address", "management_address", "metrics_address", "
 def render_config() -> str:
     """config.properties with OVERRIDES applied, REMOVED dropped and the model_snapshot added (the
     repository's comments explain the repository's values, so they are not copied)."""
-    props = {key: value for key, value in read_properties(ROOT / "config.properties").items() if key not in REMOVED}
+    props = {key: value for key, value in read_properties(CONFIG).items() if key not in REMOVED}
     props.update(OVERRIDES, model_snapshot=json.dumps(model_snapshot(), separators=(",", ":")))
     header = ("# TorchServe inside KServe, written by `make kserve-bundle` from config.properties (see\n"
               "# scripts/kserve_bundle.py for each change and deploy/README.md for the route).\n")
     return header + "".join(f"{key}={value}\n" for key, value in props.items())
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """A config.properties file as TorchServe (java.util.Properties) and KServe's wrapper read it."""
-    return parse_properties(path.read_text(), str(path))
-
-
-def parse_properties(text: str, source: str = "config.properties") -> dict[str, str]:
-    """key=value lines in order, without comments ("#" or "!") and blank lines."""
-    props = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")):
-            key, sep, value = line.partition("=")
-            if not sep:
-                raise ValueError(f"{source}: not a key=value line: {line!r}")
-            props[key.strip()] = value.strip()
-    return props
 
 
 def build_bundle(mar: Path, out: Path) -> Path:

@@ -10,10 +10,8 @@ from typing import Optional
 
 import requests
 
-from scripts import MODEL_NAME
+from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
 from train.artifacts import atomic_path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def request_png(url: str, key: str, count: int, seed: Optional[int] = None, digit: Optional[int] = None,
@@ -33,7 +31,8 @@ def request_png(url: str, key: str, count: int, seed: Optional[int] = None, digi
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default=f"http://127.0.0.1:8080/predictions/{MODEL_NAME}")
+    parser.add_argument("--url", help="the model's prediction URL (default: config.properties' inference address)")
+    parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--key-file", type=Path, default=ROOT / "artifacts" / "serve" / "key_file.json",
                         help="TorchServe's key_file.json (written into the server's working directory)")
     parser.add_argument("--count", type=int, default=16)
@@ -41,6 +40,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--digit", type=int)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "predictions.png")
     args = parser.parse_args(argv)
+    args.url = args.url or f"{read_properties(args.config)['inference_address']}/predictions/{MODEL_NAME}"
     try:
         key = json.loads(args.key_file.read_text())["inference"]["key"]
     except FileNotFoundError:

@@ -9,7 +9,6 @@ file in $TMPDIR, so every server gets its own of both: two servers never stop ea
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -18,14 +17,19 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 import requests
 
-from scripts import MODEL_NAME
+from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PORTS = (8080, 8081, 8082)  # inference, management, metrics
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+
+
+def configured_ports(config: Path = CONFIG) -> tuple[int, ...]:
+    """The inference, management and metrics ports that `config` gives."""
+    props = read_properties(config)
+    return tuple(urlsplit(props[key]).port for key in ADDRESS_KEYS)
 
 
 def free_ports(count: int) -> list[int]:
@@ -76,10 +80,11 @@ class TorchServe:
     """One TorchServe process tree, owned by `workdir`."""
 
     def __init__(self, workdir: Path, model_store: Path = ROOT / "model_store",
-                 config: Path = ROOT / "config.properties", ports: tuple[int, ...] = DEFAULT_PORTS,
+                 config: Path = CONFIG, ports: Optional[tuple[int, ...]] = None,
                  overrides: Optional[dict[str, str]] = None, env: Optional[dict[str, str]] = None) -> None:
         self.workdir = Path(workdir).resolve()
-        self.model_store, self.config, self.ports = Path(model_store), Path(config), tuple(ports)
+        self.model_store, self.config = Path(model_store), Path(config)
+        self.ports = tuple(ports) if ports else configured_ports(self.config)
         self.overrides, self.extra_env = overrides or {}, env or {}
 
     @property
@@ -211,12 +216,9 @@ def main() -> None:
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--workdir", type=Path, default=ROOT / "artifacts" / "serve")
     parser.add_argument("--model-store", type=Path, default=ROOT / "model_store")
-    parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    parser.add_argument("--config", type=Path, default=CONFIG)
     args = parser.parse_args()
-    ports = tuple(int(re.search(r":(\d+)$", line.split("=", 1)[1]).group(1))
-                  for key in ADDRESS_KEYS
-                  for line in args.config.read_text().splitlines() if line.startswith(key + "="))
-    server = TorchServe(args.workdir, args.model_store, args.config, ports)
+    server = TorchServe(args.workdir, args.model_store, args.config)
     if args.action == "start":
         if not (args.model_store / f"{MODEL_NAME}.mar").exists():
             raise SystemExit(f"{args.model_store / (MODEL_NAME + '.mar')} is missing: run `make archive` first")

@@ -22,8 +22,8 @@ import pytest
 import requests
 import yaml
 
-from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle, parse_properties, read_properties
-from scripts import MODEL_NAME
+from scripts import MODEL_NAME, parse_properties, read_properties
+from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle
 from scripts.server import TorchServe, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +90,7 @@ def test_pod_config_is_the_repositorys_with_only_the_listed_changes():
     pod, repository = parse_properties(configmap_data()["config.properties"]), read_properties(ROOT / "config.properties")
     changed = {key for key in pod.keys() | repository.keys() if pod.get(key) != repository.get(key)}
     assert changed == POD_CONFIG_CHANGES
+    assert repository["load_models"] == f"{MODEL_NAME}={MODEL_NAME}.mar"  # the name the tools post to
     header = (DEPLOY / "configmap.yaml").read_text().split("apiVersion:")[0]
     assert all(f"#   {key}" in header for key in POD_CONFIG_CHANGES)  # each change is explained
     assert all(pod[key].startswith("http://127.0.0.1:") for key in ("inference_address", "management_address",

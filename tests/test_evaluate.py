@@ -212,3 +212,9 @@ def test_evaluate_refuses_a_spread_no_generator_can_draw_with_a_usage_error(bad,
         E.main(["--noise-stds", bad])
     assert exit_info.value.code == 2  # argparse's usage error, before anything is loaded or measured
     assert "--noise-stds" in capsys.readouterr().err
+
+
+def test_the_page_says_when_it_holds_rows_make_evaluate_would_not_write():
+    assert E.written_by([]).startswith("Written by `make evaluate`")
+    extra = E.written_by(["wide D=/tmp/runs/d64", "seed 1=/tmp/runs/seed1"])
+    assert "2 extra `--model` rows (wide D, seed 1)" in extra and "`make evaluate` rewrites it without them" in extra

@@ -17,7 +17,7 @@ from torch import nn
 from handler.generator import Generator
 from train.config import PRESETS, make_config, saved_config
 from train.data import MnistMissing, load_mnist
-from train.train import Trainer, bf16_native, main, run
+from train.train import Trainer, bf16_native, main, resume_command, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,11 +153,18 @@ def _signal_on_progress(command: list[str], epoch: int, signum: int) -> tuple[in
     return process.returncode, seen.decode(errors="replace")
 
 
+def test_the_resume_hint_names_the_runs_preset_and_folder():
+    assert resume_command(make_config()) == "make train RESUME=1"
+    assert resume_command(make_config("tutorial", out_dir="artifacts/presets/tutorial")) == \
+        "make train PRESET=tutorial OUT=artifacts/presets/tutorial RESUME=1"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_run_saves_mid_epoch_and_resumes_to_the_same_weights(signum, uninterrupted, data_dir, tmp_path):
     code, stderr = _signal_on_progress(_cli(data_dir, tmp_path), epoch=1, signum=signum)
     assert code == 128 + signum, stderr[-1500:]
-    assert "checkpoint saved" in stderr and "RESUME=1" in stderr
+    assert "checkpoint saved" in stderr
+    assert f"continue with `make train OUT={tmp_path} RESUME=1`" in stderr  # this run's folder, not the default's
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     steps_per_epoch = RESUME_RUN["limit"] // RESUME_RUN["batch_size"]
     assert 0 < state["steps"] < RESUME_RUN["epochs"] * steps_per_epoch

@@ -31,8 +31,8 @@ class TrainConfig:
     # refine instead of oscillating around the equilibrium
     lr_schedule: str = "constant"
     betas: tuple[float, float] = (0.5, 0.999)
-    batch_size: int = 64  # more, smaller steps learn more per minute here than 128 (docs/quality.md)
-    epochs: int = 11  # what fits in 10 minutes on a 2-core CPU (docs/quality.md)
+    batch_size: int = 64  # more, smaller steps learn more per minute here than 128 (docs/quality-recipe-steps.md)
+    epochs: int = 11  # what fits in 10 minutes on a 2-core CPU (docs/training.md)
     # bfloat16 autocast for the forward passes where the hardware runs it natively (a CUDA GPU, or a CPU
     # with AVX-512 BF16): each step is cheaper, so more epochs fit the budget
     bf16: bool = True

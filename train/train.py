@@ -59,6 +59,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def resume_command(config: TrainConfig) -> str:
+    """The make command that continues this run where it stopped."""
+    where = ([f"PRESET={config.preset}"] if config.preset != DEFAULT_PRESET else []) + (
+        [f"OUT={config.out_dir}"] if Path(config.out_dir) != Path("artifacts") else [])
+    return " ".join(["make train", *where, "RESUME=1"])
+
+
 class Trainer:
     """Owns the networks, optimizers, EMA, RNGs, step counters and loss history of one run."""
 
@@ -394,7 +401,7 @@ def run(config: TrainConfig, resume: bool = False) -> Trainer:
     if trainer.stop_signal:
         trainer.save_checkpoint()
         print(f"\ninterrupted: checkpoint saved to {checkpoint_path} (epoch {trainer.epoch + 1}, step "
-              f"{trainer.step_in_epoch}); continue with `make train RESUME=1`", file=sys.stderr)
+              f"{trainer.step_in_epoch}); continue with `{resume_command(config)}`", file=sys.stderr)
         raise SystemExit(128 + trainer.stop_signal)
     trainer.save_final(config.data_dir, len(images))
     return trainer

@@ -25,7 +25,7 @@ from experiments.bench.measure import host_speed_ms, percentile, rate, ratio, su
 from experiments.bench.servers import archive_with, clients, empty_handler_store, model_config
 from experiments.bench.throughput import bare_forward_steps, handler_step
 from experiments.local_handler import LocalHandler, unpack_archive
-from experiments.report import DOCS, table, write_page
+from experiments.report import DOCS, table, write_page, write_section
 from scripts import MODEL_NAME
 from scripts.server import TorchServe, free_ports
 
@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)
     body = run_formats_only(args) if args.only == "formats" else run_all(args)
     print(body)
-    write_page(args.out, "Serving speed", "make bench" + (" ARGS='--only formats'" if args.only else ""), body)
+    if args.only:  # the rest of the page keeps its last full run's figures
+        write_section(args.out, "Serving speed", "make bench", body)
+    else:
+        write_page(args.out, "Serving speed", "make bench", body)
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 
