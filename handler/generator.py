@@ -13,6 +13,7 @@ from torch import nn
 
 MLP_HIDDEN = 200  # the tutorial's hidden layer width
 IMAGE_SHAPE = (1, 28, 28)
+METADATA_FILE = "generator.json"  # in the .mar: the settings the handler rebuilds the network from
 # The ONNX export that scripts/archive.py packs into the .mar and the handler runs on a CPU.
 ONNX_FILE = "generator.onnx"
 ONNX_INPUTS = ("noise", "labels")  # forward's arguments; an unconditional generator has no labels

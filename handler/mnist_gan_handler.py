@@ -14,13 +14,12 @@ import onnxruntime
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
+from generator import METADATA_FILE, ONNX_FILE, Generator, onnx_feeds, sample_latent
 from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, adapt_kservev2_envelope,
                               encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error)
 
 logger = logging.getLogger(__name__)
 
-METADATA_FILE = "generator.json"
 RUNTIMES = ("onnxruntime", "torch")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from scripts import MODEL_NAME
-from handler.generator import ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
+from handler.generator import METADATA_FILE, ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
 from train.artifacts import atomic_path, load_generator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: 
     model, _ = load_generator(weights, metadata)  # refuse weights that would make a broken archive
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".archive-") as staging:
-        staged_meta = Path(staging) / "generator.json"  # packed under the name the handler reads
+        staged_meta = Path(staging) / METADATA_FILE  # packed under the name the handler reads
         shutil.copyfile(metadata, staged_meta)
         staged_onnx = Path(staging) / ONNX_FILE
         export_onnx(model, staged_onnx)

@@ -63,7 +63,8 @@ class Discriminator(nn.Module):
                 # The digit logits come from this trunk now, so the score layer gives the real/fake logit only.
                 # It replaces the one built above instead of being the only one built: building that one first
                 # keeps the initial random draws, and with them the served weights, as `make train` reproduces
-                # them (a retrain with the layer built once, e695b9d, drew a worse model: docs/quality.md).
+                # them with the same torch (the layer built once draws another, worse model:
+                # docs/quality-experiments.md).
                 self.score = norm(nn.Linear((2 * width + 1) * 7 * 7, 1))
         elif arch in ("mlp", "mlp-sigmoid"):
             hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]

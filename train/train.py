@@ -74,9 +74,10 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)  # weight initialisation
         self.generator = Generator(**config.generator_kwargs()).to(self.device)
-        self.discriminator = Discriminator(config.arch, config.num_classes, config.width, config.aux_classifier,
-                                           config.projection, config.spectral_norm,
-                                           config.label_blind_aux).to(self.device)
+        self.discriminator = Discriminator(
+            config.arch, config.num_classes, config.width, aux_classifier=config.aux_classifier,
+            projection=config.projection, spectral_norm=config.spectral_norm, label_blind_aux=config.label_blind_aux,
+        ).to(self.device)
         self.opt_g = self._optimizer(self.generator, config.lr)
         self.opt_d = self._optimizer(self.discriminator, config.lr_d or config.lr)
         # each optimizer with its configured rate, which the schedule scales
