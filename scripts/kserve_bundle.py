@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
+
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri's contents
 
 

@@ -62,7 +62,7 @@ def git_commit() -> str:
 def resume_command(config: TrainConfig) -> str:
     """The make command that continues this run where it stopped."""
     where = ([f"PRESET={config.preset}"] if config.preset != DEFAULT_PRESET else []) + (
-        [f"OUT={config.out_dir}"] if Path(config.out_dir) != Path("artifacts") else [])
+        [f"OUT={config.out_dir}"] if Path(config.out_dir) != Path(TrainConfig.out_dir) else [])
     return " ".join(["make train", *where, "RESUME=1"])
 
 
