@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import MODEL_NAME
+from scripts import CONFIG, MODEL_NAME
 from scripts.server import TorchServe, free_ports, render_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def test_make_demo_serves_its_own_model_and_keeps_the_users(tmp_path, data_dir):
     repo = tmp_path / "repo"
     copy_repository(repo)
     ports = tuple(free_ports(4))
-    (repo / "config.properties").write_text(render_config(ROOT / "config.properties", ports, repo / "model_store"))
+    (repo / "config.properties").write_text(render_config(CONFIG, ports, repo / "model_store"))
     users_archive = repo / "model_store" / f"{MODEL_NAME}.mar"
     users_archive.parent.mkdir(exist_ok=True)
     users_archive.write_bytes(USERS_ARCHIVE)

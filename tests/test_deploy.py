@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from scripts import MODEL_NAME, parse_properties, read_properties
+from scripts import CONFIG, MODEL_NAME, parse_properties, read_properties
 from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle
 from scripts.server import TorchServe, free_ports
 
@@ -87,7 +87,7 @@ POD_CONFIG_CHANGES = {"inference_address", "disable_token_authorization", "model
 
 
 def test_pod_config_is_the_repositorys_with_only_the_listed_changes():
-    pod, repository = parse_properties(configmap_data()["config.properties"]), read_properties(ROOT / "config.properties")
+    pod, repository = parse_properties(configmap_data()["config.properties"]), read_properties(CONFIG)
     changed = {key for key in pod.keys() | repository.keys() if pod.get(key) != repository.get(key)}
     assert changed == POD_CONFIG_CHANGES
     assert repository["load_models"] == f"{MODEL_NAME}={MODEL_NAME}.mar"  # the name the tools post to
