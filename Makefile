@@ -79,4 +79,4 @@ clean:
 
 # artifacts/kserve/{config/config.properties,model-store/mnist_gan.mar} for KServe's storageUri (deploy/README.md).
 kserve-bundle: install
-	$(PY) -m scripts.kserve_bundle --mar $(MODEL_STORE)/mnist_gan.mar --out artifacts/kserve
+	$(PY) -m scripts.kserve_bundle --store $(MODEL_STORE) --out artifacts/kserve

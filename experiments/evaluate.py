@@ -41,7 +41,7 @@ from train.data import MnistMissing, load_mnist
 
 SAMPLES = 10_000
 PER_DIGIT = 300  # samples per digit for the pairwise-distance (mode collapse) measure
-TARGET_ACCURACY = 0.99
+CLASSIFIER_MIN_ACCURACY = 0.99  # below this test accuracy the evaluation classifier is refused
 CAS_PER_DIGIT = 2_000  # training images per digit for the Classification Accuracy Score
 CAS_EPOCHS = 4
 CAS_SEEDS = 3  # make evaluate's CAS is the mean of this many classifiers: one classifier's seed moves it by tenths of a point
@@ -60,11 +60,11 @@ def random_shift(images: torch.Tensor, max_pixels: int, rng: torch.Generator) ->
     return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def train_classifier(data_dir: str | Path, epochs: int = 4, limit: int = 0, seed: int = 0) -> tuple[MnistClassifier, float]:
+def train_classifier(data_dir: str | Path, epochs: int = 4, limit: int = 0) -> tuple[MnistClassifier, float]:
     """Trains on the training split only; returns the model (eval mode) and its test accuracy."""
     images, labels = load_mnist(data_dir, train=True, limit=limit)
     test_images, test_labels = load_mnist(data_dir, train=False)
-    model = fit_classifier(images, labels, epochs, seed)
+    model = fit_classifier(images, labels, epochs)
     return model, accuracy(model, test_images, test_labels)
 
 
@@ -147,8 +147,8 @@ def load_or_train_classifier(path: Path, data_dir: str | Path) -> tuple[MnistCla
         return model.eval(), json.loads(meta_path.read_text())["test_accuracy"]
     started = time.perf_counter()
     model, test_accuracy = train_classifier(data_dir)
-    if test_accuracy < TARGET_ACCURACY:
-        raise RuntimeError(f"the classifier reached only {test_accuracy:.4f} test accuracy (< {TARGET_ACCURACY})")
+    if test_accuracy < CLASSIFIER_MIN_ACCURACY:
+        raise RuntimeError(f"the classifier reached only {test_accuracy:.4f} test accuracy (< {CLASSIFIER_MIN_ACCURACY})")
     artifacts.save_torch(model.state_dict(), path)
     artifacts.save_json(dict(test_accuracy=test_accuracy, train_seconds=round(time.perf_counter() - started, 1),
                              trained_on="MNIST training split (60,000)"), meta_path)
@@ -483,7 +483,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"CAS reference: the fixed recipe on {per_digit:,} real training images per digit", file=sys.stderr)
     evaluator.measure_cas(rows[0], *balanced_subset(train_images, train_labels, per_digit))
     cas_reference = rows[0].cas
-    notes, default, default_meta = [], None, None
+    notes, default, default_meta, pictures = [], None, None, []
     for name, run_dir, noise_std in runs_to_measure(out, args.model, args.noise_stds):
         try:
             model, meta = artifacts.load_run(run_dir)
@@ -512,11 +512,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             for picture in pictures:  # drawn once, published beside the page
                 with artifacts.atomic_path(args.docs_dir / picture.name) as tmp:
                     shutil.copyfile(picture, tmp)
-    table = format_table(rows, evaluator.real_pairwise)
+    results = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
               written_by(args.model), "",
               f"Feature space: an MNIST classifier trained on the training split, test accuracy {test_accuracy:.2%}. "
-              f"{SAMPLES:,} samples per row (1,000 per requested digit) against the 10,000 test images. "
+              f"{SAMPLES:,} samples per row ({SAMPLES // 10:,} per requested digit) against the 10,000 test images. "
               f"Broken: top class probability below {BROKEN_BELOW} (real test images: {evaluator.real_broken:.2%}). "
               f"Diversity: mean pairwise pixel distance of {PER_DIGIT} samples of a digit, divided by the same for real "
               f"test images. CAS (Classification Accuracy Score): fresh classifiers, fixed recipe ({CAS_EPOCHS} epochs, the mean "
@@ -524,7 +524,7 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"trained on {per_digit:,} images per digit (generated: labelled with the requested digit) and tested on "
               f"the 10,000 real test images; its reference is the first row, the same recipe on {per_digit:,} real "
               "training images per digit. A generated row names the standard deviation of the normal noise it was "
-              "sampled with (G trains on N(0, I); `noise_std` sets what the served model draws).", "", table, "",
+              "sampled with (G trains on N(0, I); `noise_std` sets what the served model draws).", "", results, "",
               "## Per digit", "", per_digit_table(rows, evaluator.real_pairwise, evaluator.real_per_digit_accuracy), ""]
     if default is not None:
         train_seconds = default_meta["train_seconds"]
@@ -538,7 +538,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                "commonest mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "
                "with a bar through it) teaches its classifier nothing about it.", "",
                cas_misses_table(rows, evaluator.test_labels), ""]
-    if default is not None and default.cas_predicted is not None:
+    if out / "cas_misses.png" in pictures:
         report += ["![real test digits every CAS classifier of the served model misses and every one of the real "
                    "reference reads right]"
                    "(cas_misses.png)", ""]
@@ -549,8 +549,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         with artifacts.atomic_path(path) as tmp:
             tmp.write_text(text)
     print(text)
-    print(f"\nwrote {args.docs_dir / 'quality.md'}, {args.docs_dir / 'digits.png'}, {args.docs_dir / 'cas_misses.png'} "
-          f"and {out / 'report.md'}", file=sys.stderr)
+    written = [args.docs_dir / "quality.md", *(args.docs_dir / picture.name for picture in pictures), out / "report.md"]
+    print(f"\nwrote {', '.join(map(str, written))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

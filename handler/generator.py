@@ -32,7 +32,9 @@ class Generator(nn.Module):
       normalisation), so the digit steers every layer, not only the input vector.
     noise_std: the standard deviation of the normal noise that `sample_latent` draws for serving,
       evaluation and pictures; training draws N(0, I). Above 1 it is the opposite of BigGAN's
-      truncation trick: the latent's tails draw the rarer ways of writing a digit.
+      truncation trick: the latent's tails draw the rarer ways of writing a digit. Training records
+      the spread the model is served with in generator.json (train/config.py); the default, 1, is what
+      an archive from before this setting keeps drawing.
     """
 
     def __init__(

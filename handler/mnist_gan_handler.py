@@ -48,7 +48,10 @@ class DigitGANHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         # Small tensors: one thread per worker avoids OpenMP spin-waiting, and a fixed
         # thread count keeps a seed's images bit-identical across workers.
-        threads = int(os.environ.get("GAN_WORKER_THREADS", "1"))
+        setting = os.environ.get("GAN_WORKER_THREADS", "1")
+        if not setting.isdigit() or int(setting) < 1:  # say which setting is wrong, not int()'s message
+            raise ValueError(f"GAN_WORKER_THREADS must be a whole number of threads, 1 or more: got {setting!r}")
+        threads = int(setting)
         torch.set_num_threads(threads)
         model_dir = context.system_properties.get("model_dir")
         with open(os.path.join(model_dir, METADATA_FILE)) as f:

@@ -5,6 +5,14 @@ from pathlib import Path
 MODEL_NAME = "mnist_gan"  # the archive's name, and so the URL: POST /predictions/mnist_gan
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.properties"  # the server's addresses and limits; every tool reads them from here
+MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"  # packed into the .mar: workers, batching, the handler's runtime
+
+
+def read_model_config() -> dict:
+    """The shipped handler/model-config.yaml (its worker count is the one every tool and test uses)."""
+    import yaml  # only the tools that read it need pyyaml
+
+    return yaml.safe_load(MODEL_CONFIG.read_text())
 
 
 def read_properties(path: Path = CONFIG) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from scripts import MODEL_NAME, ROOT
+from scripts import MODEL_CONFIG, MODEL_NAME, ROOT
 from handler.generator import METADATA_FILE, ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
 from train.artifacts import atomic_path, load_generator
 
@@ -54,9 +54,9 @@ def export_onnx(model: Generator, path: Path) -> None:
                 raise ValueError(f"the ONNX export of the generator is off by {error:.2g} at count={count}")
 
 
-def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: str = MODEL_NAME,
-                  model_config: Path = HANDLER_DIR / "model-config.yaml") -> Path:
-    """Checks the weights, then writes <export_path>/<model_name>.mar atomically and returns its path."""
+def build_archive(weights: Path, metadata: Path, export_path: Path, model_config: Path = MODEL_CONFIG) -> Path:
+    """Checks the weights, then writes <export_path>/mnist_gan.mar atomically and returns its path
+    (one name: config.properties loads it, and the URL is /predictions/mnist_gan)."""
     model, _ = load_generator(weights, metadata)  # refuse weights that would make a broken archive
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".archive-") as staging:
@@ -66,7 +66,7 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: 
         export_onnx(model, staged_onnx)
         command = [
             str(Path(sys.executable).with_name("torch-model-archiver")),
-            "--model-name", model_name,
+            "--model-name", MODEL_NAME,
             "--version", "1.0",
             "--model-file", str(HANDLER_DIR / "generator.py"),
             "--serialized-file", str(weights),
@@ -76,8 +76,8 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_name: 
             "--export-path", staging,
         ]
         subprocess.run(command, check=True)
-        target = export_path / f"{model_name}.mar"
-        os.replace(Path(staging) / f"{model_name}.mar", target)  # never a half-written .mar in the store
+        target = export_path / f"{MODEL_NAME}.mar"
+        os.replace(Path(staging) / f"{MODEL_NAME}.mar", target)  # never a half-written .mar in the store
     return target
 
 
@@ -86,10 +86,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--weights", type=Path, default=Path("artifacts/generator.pt"))
     parser.add_argument("--metadata", type=Path, default=Path("artifacts/generator.json"))
     parser.add_argument("--export-path", type=Path, default=Path("model_store"))
-    parser.add_argument("--model-name", default=MODEL_NAME)
     args = parser.parse_args(argv)
     try:
-        target = build_archive(args.weights, args.metadata, args.export_path, args.model_name)
+        target = build_archive(args.weights, args.metadata, args.export_path)
     except ValueError as error:
         raise SystemExit(f"archive: refusing to build a broken archive: {error}")
     print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")

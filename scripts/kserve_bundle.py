@@ -3,7 +3,7 @@
     artifacts/kserve/config/config.properties
     artifacts/kserve/model-store/mnist_gan.mar
 
-    python -m scripts.kserve_bundle [--mar model_store/mnist_gan.mar] [--out artifacts/kserve]
+    python -m scripts.kserve_bundle [--store model_store] [--out artifacts/kserve]
 
 Upload artifacts/kserve/ to the bucket/PVC that deploy/inferenceservice.yaml's storageUri names.
 """
@@ -14,16 +14,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
+from scripts import CONFIG, MODEL_NAME, ROOT, read_model_config, read_properties
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri's contents
 
 
 def model_snapshot() -> dict:
     """Registers the model the way KServe's TorchServe reads it, with handler/model-config.yaml's workers."""
-    model_config = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
+    model_config = read_model_config()
     version = {key: model_config[key] for key in ("minWorkers", "maxWorkers", "maxBatchDelay", "responseTimeout")}
     # batchSize 1 whatever the plain route uses: the kservev2 envelope only reads a batch's first request.
     version.update(defaultVersion=True, marName=f"{MODEL_NAME}.mar", batchSize=1)
@@ -89,11 +87,11 @@ def build_bundle(mar: Path, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Lay out the KServe bundle (config + model store).")
-    parser.add_argument("--mar", type=Path, default=ROOT / "model_store" / f"{MODEL_NAME}.mar")
+    parser.add_argument("--store", type=Path, default=ROOT / "model_store", help="the model store holding mnist_gan.mar")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "kserve")
     args = parser.parse_args()
     try:
-        out = build_bundle(args.mar, args.out)
+        out = build_bundle(args.store / f"{MODEL_NAME}.mar", args.out)
     except FileNotFoundError as error:
         raise SystemExit(f"kserve-bundle: {error}")
     for path in sorted(p for p in out.rglob("*") if p.is_file()):

@@ -62,6 +62,9 @@ def render_config(template: Path, ports: tuple[int, ...], model_store: Path,
     return "\n".join(lines) + "\n"
 
 
+FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"  # the Java main class, in the frontend's command line
+
+
 def proc_stat(pid: int | str) -> list[str]:
     """The fields of /proc/<pid>/stat after the command name: state, ppid, ... (OSError if it is gone).
     The name may hold spaces and parentheses, so the split is after its last closing parenthesis."""
@@ -120,12 +123,14 @@ class TorchServe:
                                   stdout=out, stderr=subprocess.STDOUT, timeout=60)
 
     def pid(self) -> Optional[int]:
+        """The frontend's PID from TorchServe's PID file, or None. The file outlives a crash or a reboot, and
+        its number may since belong to another process: it counts only while it names a TorchServe frontend."""
         try:
             pid = int((self.workdir / "tmp" / ".model_server.pid").read_text().strip())
-            os.kill(pid, 0)
-            return pid
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
+        return pid if FRONTEND_CLASS in command.split(b"\0") and _alive(pid) else None
 
     def worker_pids(self) -> list[int]:
         """The PIDs of this server's Python workers: the frontend's child processes."""

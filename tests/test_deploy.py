@@ -22,11 +22,10 @@ import pytest
 import requests
 import yaml
 
-from scripts import CONFIG, MODEL_NAME, parse_properties, read_properties
+from scripts import CONFIG, MODEL_NAME, ROOT, parse_properties, read_model_config, read_properties
 from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle
 from scripts.server import TorchServe, free_ports
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 # The Kubernetes release whose OpenAPI schemas the manifests must pass (strict: unknown fields fail).
 K8S_VERSION = "1.30.0"
@@ -105,14 +104,15 @@ def test_only_the_proxy_leaves_the_pod_and_the_token_comes_from_the_secret():
     assert [p["containerPort"] for p in proxy["ports"]] == [8080]
     env = {e["name"]: e for e in proxy["env"]}
     assert env["CLIENT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mnist-gan-client-token", "key": "token"}
-    assert env["TORCHSERVE_ADDRESS"]["value"] == parse_properties(configmap_data()["config.properties"])[
-        "inference_address"].removeprefix("http://")
+    inference = parse_properties(configmap_data()["config.properties"])["inference_address"]
+    assert env["TORCHSERVE_ADDRESS"]["value"] == inference.removeprefix("http://")
     assert proxy["readinessProbe"]["httpGet"]["path"] == "/ping"  # through the proxy to TorchServe's real health
-    assert "/ping" in " ".join(torchserve["livenessProbe"]["exec"]["command"])
+    for probe in ("startupProbe", "livenessProbe"):  # TorchServe's own /ping, at the address it listens on
+        assert f"'{inference}/ping'" in " ".join(torchserve[probe]["exec"]["command"])
     assert docs["Service"]["spec"]["type"] == "ClusterIP"
     assert [p["targetPort"] for p in docs["Service"]["spec"]["ports"]] == ["http"]
     limits, requests_ = torchserve["resources"]["limits"], torchserve["resources"]["requests"]
-    assert requests_["cpu"] == limits["cpu"] == "2"  # one worker per core, 2 workers
+    assert requests_["cpu"] == limits["cpu"] == str(read_model_config()["minWorkers"])  # one worker per core
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["minReplicas"] >= 2
 
@@ -218,6 +218,11 @@ def test_the_proxy_passes_only_the_prediction_route_and_the_health_probe(pods, p
     for path in ("/models", "/api-description", f"/predictions/{MODEL_NAME}/2.0", "/metrics"):
         reply = requests.get(f"{pod.url}{path}", headers=bearer(pod_token), timeout=30)
         assert reply.status_code == 404 and reply.json()["code"] == 404, (path, reply.text)
+    for method, path, allowed in (("GET", f"/predictions/{MODEL_NAME}", "POST"), ("PUT", f"/predictions/{MODEL_NAME}", "POST"),
+                                  ("DELETE", f"/predictions/{MODEL_NAME}", "POST"), ("POST", "/ping", "GET")):
+        reply = requests.request(method, f"{pod.url}{path}", headers=bearer(pod_token), timeout=30)
+        assert reply.status_code == 405 and reply.json()["code"] == 405, (method, path, reply.text)
+        assert reply.headers["Allow"] == allowed
     bad = requests.post(f"{pod.url}/predictions/{MODEL_NAME}", json={"count": 0}, headers=bearer(pod_token), timeout=30)
     assert bad.status_code == 400 and "'count'" in bad.json()["error"]  # the handler's own errors pass through
 

@@ -61,7 +61,7 @@ def test_conditional_generator_requires_labels_and_unconditional_refuses_digits(
 
 
 def test_eval_mode_is_the_real_nn_module_eval():
-    # The tutorial overrode Module.train(); TorchServe calls .eval(), which must still switch BatchNorm.
+    # The tutorial overrode Module.train(); TorchServe calls .eval(), which must still reach every submodule.
     model = Generator()
     model.eval()
     assert not any(m.training for m in model.modules())

@@ -211,6 +211,13 @@ def test_an_unknown_runtime_or_a_missing_export_refuses_to_load(tiny_model_dir, 
         LocalHandler(model_dir)
 
 
+@pytest.mark.parametrize("threads", ["two", "0", "-1", ""])
+def test_a_bad_worker_thread_count_refuses_to_load_naming_the_setting(tiny_model_dir, monkeypatch, threads):
+    monkeypatch.setenv("GAN_WORKER_THREADS", threads)
+    with pytest.raises(ValueError, match="GAN_WORKER_THREADS must be a whole number"):
+        LocalHandler(tiny_model_dir)
+
+
 def _per_request_records(client, caplog) -> list[str]:
     caplog.clear()
     with caplog.at_level(logging.INFO):

@@ -157,6 +157,9 @@ def test_the_resume_hint_names_the_runs_preset_and_folder():
     assert resume_command(make_config()) == "make train RESUME=1"
     assert resume_command(make_config("tutorial", out_dir="artifacts/presets/tutorial")) == \
         "make train PRESET=tutorial OUT=artifacts/presets/tutorial RESUME=1"
+    # make demo's one-epoch run must not resume as an 11-epoch one
+    assert resume_command(make_config(epochs=1, out_dir="artifacts/demo")) == \
+        "make train EPOCHS=1 OUT=artifacts/demo RESUME=1"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -164,7 +167,8 @@ def test_interrupted_run_saves_mid_epoch_and_resumes_to_the_same_weights(signum,
     code, stderr = _signal_on_progress(_cli(data_dir, tmp_path), epoch=1, signum=signum)
     assert code == 128 + signum, stderr[-1500:]
     assert "checkpoint saved" in stderr
-    assert f"continue with `make train OUT={tmp_path} RESUME=1`" in stderr  # this run's folder, not the default's
+    # this run's length and folder, not the default's
+    assert f"continue with `make train EPOCHS={RESUME_RUN['epochs']} OUT={tmp_path} RESUME=1`" in stderr
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     steps_per_epoch = RESUME_RUN["limit"] // RESUME_RUN["batch_size"]
     assert 0 < state["steps"] < RESUME_RUN["epochs"] * steps_per_epoch

@@ -1,1 +1,1 @@
-"""Training, evaluation and archiving for the MNIST digit GAN."""
+"""Training of the MNIST digit GAN: settings (config), data, the discriminator, the loop (train), artifacts."""

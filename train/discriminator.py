@@ -60,11 +60,9 @@ class Discriminator(nn.Module):
                     nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
                     nn.Flatten(), nn.Linear(2 * width * 7 * 7, num_classes),
                 )
-                # The digit logits come from this trunk now, so the score layer gives the real/fake logit only.
-                # It replaces the one built above instead of being the only one built: building that one first
-                # keeps the initial random draws, and with them the served weights, as `make train` reproduces
-                # them with the same torch (the layer built once draws another, worse model:
-                # docs/quality-experiments.md).
+                # The digit logits come from this trunk, so the score layer gives the real/fake logit only. It
+                # replaces the one built above rather than being built alone: that first draw keeps the random
+                # stream, so `make train` still reproduces the served weights bit for bit.
                 self.score = norm(nn.Linear((2 * width + 1) * 7 * 7, 1))
         elif arch in ("mlp", "mlp-sigmoid"):
             hidden = [nn.LeakyReLU(0.02), nn.LayerNorm(MLP_HIDDEN)] if arch == "mlp" else [nn.Sigmoid()]

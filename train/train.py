@@ -60,8 +60,10 @@ def git_commit() -> str:
 
 
 def resume_command(config: TrainConfig) -> str:
-    """The make command that continues this run where it stopped."""
+    """The make command that continues this run where it stopped (a resumed run takes its length from the
+    command, so a run of other than its preset's length names it)."""
     where = ([f"PRESET={config.preset}"] if config.preset != DEFAULT_PRESET else []) + (
+        [f"EPOCHS={config.epochs}"] if config.epochs != make_config(config.preset).epochs else []) + (
         [f"OUT={config.out_dir}"] if Path(config.out_dir) != Path(TrainConfig.out_dir) else [])
     return " ".join(["make train", *where, "RESUME=1"])
 

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import yaml
 
-from scripts import MODEL_NAME
+from scripts import MODEL_CONFIG, MODEL_NAME, read_model_config
 from scripts.archive import HANDLER_DIR, build_archive
 from scripts.server import TorchServe
 
 from experiments.bench.measure import percentile
 
 JSON, PNG = "application/json", "image/png"
-SHIPPED_CONFIG = HANDLER_DIR / "model-config.yaml"
 EMPTY_HANDLER = Path(__file__).with_name("empty_handler.py")
 
 
 def model_config(**changes: object) -> dict:
     """The shipped model-config.yaml with `changes`: top-level keys, or handler={...} for its handler section."""
-    config = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    config = read_model_config()
     for key, value in changes.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
@@ -45,7 +44,7 @@ def empty_handler_store(tmp: Path) -> Path:
     extra = ",".join(str(path) for path in HANDLER_DIR.glob("*.py"))  # it imports mnist_gan_handler
     subprocess.run([str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", MODEL_NAME,
                     "--version", "1.0", "--handler", str(EMPTY_HANDLER), "--extra-files", extra,
-                    "--config-file", str(SHIPPED_CONFIG), "--export-path", str(store)], check=True)
+                    "--config-file", str(MODEL_CONFIG), "--export-path", str(store)], check=True)
     return store
 
 
