@@ -18,7 +18,8 @@ class TrainConfig:
     noise_std: float = 1.1
     class_norm: bool = True  # conv G: per-digit scale/shift after each GroupNorm, so the digit steers every layer
     projection: bool = False  # conv D: the digit enters as a projection (Miyato & Koyama) instead of an input channel
-    spectral_norm: bool = False  # conv D: spectral norm on the real/fake trunk's weights (instead of BatchNorm) keeps D smooth
+    # conv D: spectral norm on the real/fake trunk's weights (instead of its BatchNorm) keeps D smooth
+    spectral_norm: bool = False
     # optimisation
     # "bce" / "mse" on D's probabilities, "nonsaturating": BCE on D's logits, "hinge": hinge on D's logits
     loss: str = "nonsaturating"
@@ -50,8 +51,8 @@ class TrainConfig:
     # D's digit head gets its own image-only trunk: fed the label map, it reads the answer off that channel
     label_blind_aux: bool = True
     # DiffAugment (Zhao et al., 2020) on every image D sees, real and fake: "" or a comma list of
-    # "translation" and "cutout"; it keeps D from memorising the training set. Off: it weakens D's real/fake
-    # signal, and beside the digit head G then collapses within each digit (docs/quality-experiments.md)
+    # "translation" and "cutout"; it keeps D from memorising the training set. Off by default: it weakens D's
+    # real/fake signal, and beside the digit head G then collapses within each digit (docs/quality-experiments.md)
     diff_augment: str = ""
     # run
     seed: int = 0
