@@ -5,7 +5,8 @@ from pathlib import Path
 MODEL_NAME = "mnist_gan"  # the archive's name, and so the URL: POST /predictions/mnist_gan
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config.properties"  # the server's addresses and limits; every tool reads them from here
-MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"  # packed into the .mar: workers, batching, the handler's runtime
+HANDLER_DIR = ROOT / "handler"  # what TorchServe runs: the model file, the handler, its request contract
+MODEL_CONFIG = HANDLER_DIR / "model-config.yaml"  # packed into the .mar: workers, batching, the handler's runtime
 
 
 def read_model_config() -> dict:

@@ -20,11 +20,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from scripts import MODEL_CONFIG, MODEL_NAME, ROOT
+from scripts import HANDLER_DIR, MODEL_CONFIG, MODEL_NAME
 from handler.generator import METADATA_FILE, ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
 from train.artifacts import atomic_path, load_generator
 
-HANDLER_DIR = ROOT / "handler"
 # ONNX Runtime's kernels sum in another order than PyTorch's, so the two differ in the last bits;
 # anything as large as the contract's rounding step means the export went wrong.
 EXPORT_TOLERANCE = 1e-4

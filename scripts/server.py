@@ -24,6 +24,7 @@ import requests
 from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"  # the Java main class, in the frontend's command line
 
 
 def configured_ports(config: Path = CONFIG) -> tuple[int, ...]:
@@ -60,9 +61,6 @@ def render_config(template: Path, ports: tuple[int, ...], model_store: Path,
         lines.append(line)
     lines += [f"{key}={value}" for key, value in values.items() if key not in seen]
     return "\n".join(lines) + "\n"
-
-
-FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"  # the Java main class, in the frontend's command line
 
 
 def proc_stat(pid: int | str) -> list[str]:

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from scripts import ROOT
 from scripts.archive import build_archive
 from experiments.local_handler import LocalHandler, unpack_archive
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

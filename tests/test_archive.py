@@ -13,10 +13,9 @@ import onnxruntime
 
 import scripts.archive
 from handler.generator import ONNX_FILE, Generator, onnx_feeds, sample_latent
+from scripts import ROOT
 from scripts.archive import build_archive
 from train.artifacts import load_run
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_archive_packs_model_file_weights_handler_and_metadata(tiny_store, tiny_run):

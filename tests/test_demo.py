@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import CONFIG, MODEL_NAME
+from scripts import CONFIG, MODEL_NAME, ROOT
 from scripts.server import TorchServe, free_ports, render_config
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
 
 USERS_ARCHIVE = b"the archive of a model the user trained for hours"

@@ -4,7 +4,6 @@ import json
 import logging
 import sys
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,7 @@ from handler.generator import ONNX_FILE
 from handler.request_contract import NotAcceptable, answer_type
 from train.config import make_config
 from experiments.local_handler import LocalHandler, copy_model_dir
-
-HANDLER_DIR = Path(__file__).resolve().parent.parent / "handler"
+from scripts import HANDLER_DIR
 
 
 def images_of(body: dict) -> np.ndarray:

@@ -17,9 +17,8 @@ from torch import nn
 from handler.generator import Generator
 from train.config import PRESETS, make_config, saved_config
 from train.data import MnistMissing, load_mnist
+from scripts import ROOT
 from train.train import Trainer, bf16_native, main, resume_command, run
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_smoke_run_writes_every_artifact(tiny_run):

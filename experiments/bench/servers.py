@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from scripts import MODEL_CONFIG, MODEL_NAME, read_model_config
-from scripts.archive import HANDLER_DIR, build_archive
+from scripts import HANDLER_DIR, MODEL_CONFIG, MODEL_NAME, read_model_config
+from scripts.archive import build_archive
 from scripts.server import TorchServe
 
 from experiments.bench.measure import percentile
