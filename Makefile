@@ -17,11 +17,19 @@ N ?= 16
 SEED ?=
 DIGIT ?=
 
-.PHONY: install baseline train archive serve stop predict demo test evaluate bench bench-train ablation clean kserve-bundle
+# What the project needs from outside Python: scripts/prerequisites.py installs it as root with apt-get,
+# else stops with one line per tool naming the command, before .venv/ is made.
+SYSTEM_TOOLS := java haproxy
+
+.PHONY: install prerequisites baseline train archive serve stop predict demo test evaluate bench bench-train ablation clean kserve-bundle
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+prerequisites:
+	@$(PYTHON) -m scripts.prerequisites $(SYSTEM_TOOLS)
+
+# Order-only: the check runs at every `make install` (it takes a fraction of a second), before the venv.
+$(VENV)/.installed: requirements.txt | prerequisites
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
