@@ -128,10 +128,7 @@ def sample_latent(
     Everything comes from `rng`, so a seeded `rng` reproduces the same inputs on any
     machine; the tensors are on the CPU (move them to the model's device yourself).
     """
-    draw = torch.randn if model.noise == "normal" else torch.rand
-    noise = draw(count, model.latent_dim, generator=rng)
-    if model.noise == "normal":
-        noise = noise * (model.noise_std if noise_std is None else noise_std)
+    noise = sample_noise(model, count, rng, noise_std)
     if not model.num_classes:
         if digit is not None:
             raise ValueError("this generator is unconditional: it cannot draw a requested digit")
@@ -141,6 +138,16 @@ def sample_latent(
     if digit is None:
         return noise, torch.randint(0, model.num_classes, (count,), generator=rng)
     return noise, torch.full((count,), digit, dtype=torch.long)
+
+
+def sample_noise(model: Generator, count: int, rng: torch.Generator, noise_std: Optional[float] = None) -> torch.Tensor:
+    """The first thing `sample_latent` draws from `rng`: `count` noise vectors. The i-th vector a seed draws is
+    one hand: whatever digits it is asked for, the same vector writes them (the served `digits` field)."""
+    draw = torch.randn if model.noise == "normal" else torch.rand
+    noise = draw(count, model.latent_dim, generator=rng)
+    if model.noise == "normal":
+        noise = noise * (model.noise_std if noise_std is None else noise_std)
+    return noise
 
 
 def onnx_feeds(noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:

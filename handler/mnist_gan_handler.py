@@ -14,7 +14,7 @@ import onnxruntime
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from generator import METADATA_FILE, ONNX_FILE, Generator, onnx_feeds, sample_latent
+from generator import METADATA_FILE, ONNX_FILE, Generator, onnx_feeds, sample_latent, sample_noise
 from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, adapt_kservev2_envelope,
                               encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error)
 
@@ -122,20 +122,31 @@ class DigitGANHandler(BaseHandler):
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest) -> np.ndarray:
-        """count x 28 x 28 float32 images; the same request gives bit-identical images.
+        """count x 28 x 28 float32 images, or count x len(digits) x 28 x 28 for a number; the same request gives
+        bit-identical images.
 
         Each request gets its own forward pass: the same inputs in a differently shaped
         batch differ in the last bits, which rounding can expose.
         """
         # One reseeded generator, not a new one per request: a count=1 request is mostly
         # per-call overhead, paid with cold caches.
-        noise, labels = sample_latent(self.model, request.count, self.rng.manual_seed(request.seed), request.digit)
+        rng = self.rng.manual_seed(request.seed)
+        if request.digits is None:
+            return self._draw(*sample_latent(self.model, request.count, rng, request.digit)).round(DECIMALS)
+        # A number: hand i is the seed's i-th noise vector. Each distinct digit is drawn for every hand in one
+        # pass shaped as a {"digit": d} request's, so hand i's d is that request's image i, bit for bit.
+        hands = sample_noise(self.model, request.count, rng)
+        drawn = {d: self._draw(hands, torch.full((request.count,), int(d))) for d in set(request.digits)}
+        return np.stack([drawn[d] for d in request.digits], axis=1).round(DECIMALS)
+
+    def _draw(self, noise: torch.Tensor, labels: Optional[torch.Tensor]) -> np.ndarray:
+        """The generator's images for these inputs, N x 28 x 28 float32."""
         if self.session is not None:
             images = self.session.run(None, onnx_feeds(noise, labels))[0]
         else:
             labels = None if labels is None else labels.to(self.device)
             images = self.model(noise.to(self.device), labels).cpu().numpy()
-        return images.reshape(-1, 28, 28).round(DECIMALS)
+        return images.reshape(-1, 28, 28)
 
     def inference(self, requests: list) -> list[Union[tuple[np.ndarray, str], BadRequest]]:
         return [r if isinstance(r, BadRequest) else (self.generate(r), r.answer_type) for r in requests]

@@ -2,12 +2,22 @@
 
 Request body (Content-Type: application/json), every field optional:
     {"count": 1..256, "seed": 0..2**63-1, "digit": 0..9}
+    {"count": hands, "seed": ..., "digits": "02139"}: a number written by `count` hands
+`digits` is a string of 1 to 256 characters 0-9 (a string, so leading zeros stay), not allowed beside
+`digit`, with count x len(digits) <= 256. Each hand writes the whole number, one image per character,
+from one noise vector. The seed picks the hands: hand i is the i-th noise vector the seed draws,
+whatever the digits, so hand i's j-th image is, bit for bit, image i of {"count": count, "seed": seed,
+"digit": digits[j]}, and {"digits": "3", "seed": s} is {"digit": 3, "seed": s}. (One hand writes a digit
+the same way each time it occurs in the number.) Without a seed, the hands are new at every call.
 Answer, by the request's Accept header (content negotiation, q-values honoured):
     application/json (the default, also for no Accept and */*):
         {"images": [count x 28 x 28 floats in [0, 1], rounded to 4 decimals]}
+        with digits: count x len(digits) x 28 x 28, one row per hand
     image/png: the digits as one 8-bit grayscale PNG, white on black as in MNIST: count=1 is the 28x28
-        digit, more are a grid of ceil(sqrt(count)) columns with a 2-pixel gray gap; each pixel is
-        round(255 x value) of the JSON answer's value, so a seed gives byte-identical PNGs.
+        digit, more are a grid of ceil(sqrt(count)) columns with a 2-pixel gray gap; with digits, one
+        row per hand, its digits side by side with no gap (they read as one written number) and a
+        2-pixel gray gap between hands. Each pixel is round(255 x value) of the JSON answer's value,
+        so a seed gives byte-identical PNGs.
 Anything else answers 400 with {"error": "...", "code": 400}, per request: a bad request never
 fails the good ones TorchServe batched with it. An Accept that allows neither format answers 406
 with the same JSON error body. Errors are always JSON, whatever Accept asked for.
@@ -17,10 +27,13 @@ Open Inference Protocol (KServe v2), when TorchServe runs with service_envelope=
     {"inputs": [{"name": "count", "datatype": "INT64", "shape": [1], "data": [4]},
                 {"name": "seed",  "datatype": "INT64", "shape": [1], "data": [7]},
                 {"name": "digit", "datatype": "INT64", "shape": [1], "data": [3]}]}
+    or, for a number: {"name": "digits", "datatype": "BYTES", "shape": [1], "data": ["02139"]}
 Every input is optional, with the same names, limits and messages as the JSON fields. Response:
     {"id": ..., "model_name": "mnist_gan", "model_version": "1.0",
-     "outputs": [{"name": "images", "datatype": "FP64", "shape": [count*784], "data": [...]}]}
-The envelope flattens every output: reshape data to count x 28 x 28. FP64 because the envelope
+     "outputs": [{"name": "images", "datatype": "FP64", "shape": [count, 28, 28], "data": [...]}]}
+with digits the shape is [count, len(digits), 28, 28]. `data` is the tensor flattened in row-major
+order, as the protocol has it (TorchServe's envelope writes every shape flat; adapt_kservev2_envelope
+writes the real one). FP64 because the envelope
 writes Python floats with json.dumps: the 4-decimal values as float32 would print 17 digits
 each (count=256 would pass max_response_size); as doubles they print as the plain route does.
 A bad request answers 400 with the protocol's error body {"error": "..."}; so does a request in the
@@ -54,6 +67,7 @@ class GenerationRequest:
     count: int
     seed: int
     digit: Optional[int]
+    digits: Optional[str] = None  # a number every hand writes: one image per character
     answer_type: str = JSON_TYPE  # what the answer's Content-Type will be: one of ANSWER_TYPES
 
 
@@ -79,6 +93,21 @@ def _integer(body: dict, name: str, low: int, high: int, default: Optional[int])
         raise BadRequest(f"'{name}' must be an integer from {low} to {high}, got {shown}")
     if not low <= value <= high:
         raise BadRequest(f"'{name}' must be an integer from {low} to {high}, got {value}")
+    return value
+
+
+def _digits(body: dict) -> Optional[str]:
+    if "digits" not in body:
+        return None
+    value = body["digits"]
+    if type(value) is not str:
+        shown = "null" if value is None else type(value).__name__
+        raise BadRequest(f"'digits' must be a string of 1 to {MAX_COUNT} decimal digits such as \"02139\", got {shown}")
+    if not 1 <= len(value) <= MAX_COUNT:
+        raise BadRequest(f"'digits' must hold 1 to {MAX_COUNT} digits, got {len(value)}")
+    for position, character in enumerate(value, start=1):
+        if character not in "0123456789":  # not str.isdigit(): it takes other scripts' digits and superscripts
+            raise BadRequest(f"'digits' may hold only the characters 0-9, got {character!r} at position {position}")
     return value
 
 
@@ -158,16 +187,22 @@ def answer_type(accept: Optional[str]) -> str:
 
 
 def png_grid(images: np.ndarray) -> bytes:
-    """count x 28 x 28 values in [0, 1] as one grayscale PNG: the digit alone, or a grid of
-    ceil(sqrt(count)) columns with a PNG_GAP-pixel gap (white digits on black, as in MNIST)."""
-    count, height, width = images.shape
-    columns = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / columns)
+    """count x 28 x 28 values in [0, 1] as one grayscale PNG: the digit alone, or a grid of ceil(sqrt(count))
+    columns with a PNG_GAP-pixel gap; hands x digits x 28 x 28 as one row per hand, its digits side by side
+    with no gap, so they read as one written number (white digits on black, as in MNIST)."""
+    if images.ndim == 4:
+        rows, columns, height, width = images.shape
+        column_gap = 0
+    else:
+        count, height, width = images.shape
+        columns = math.ceil(math.sqrt(count))
+        rows, column_gap = math.ceil(count / columns), PNG_GAP
     # In float64 from the 4-decimal values, as a client computes it from the JSON answer.
-    pixels = np.rint(255 * images.astype(np.float64).round(DECIMALS)).astype(np.uint8)
-    grid = np.full((rows * (height + PNG_GAP) - PNG_GAP, columns * (width + PNG_GAP) - PNG_GAP), PNG_GAP_LEVEL, np.uint8)
+    pixels = np.rint(255 * images.reshape(-1, height, width).astype(np.float64).round(DECIMALS)).astype(np.uint8)
+    grid = np.full((rows * (height + PNG_GAP) - PNG_GAP, columns * (width + column_gap) - column_gap), PNG_GAP_LEVEL,
+                   np.uint8)
     for index, digit in enumerate(pixels):
-        top, left = (index // columns) * (height + PNG_GAP), (index % columns) * (width + PNG_GAP)
+        top, left = (index // columns) * (height + PNG_GAP), (index % columns) * (width + column_gap)
         grid[top:top + height, left:left + width] = digit
     buffer = io.BytesIO()
     Image.fromarray(grid).save(buffer, format="PNG")
@@ -175,7 +210,7 @@ def png_grid(images: np.ndarray) -> bytes:
 
 
 def encode_answer(images: np.ndarray, media_type: str) -> bytes:
-    """The 200 answer's body: count x 28 x 28 images (already rounded to DECIMALS) as `media_type`."""
+    """The 200 answer's body: count (x digits) x 28 x 28 images (already rounded to DECIMALS) as `media_type`."""
     if media_type == PNG_TYPE:
         return png_grid(images)
     return orjson.dumps({"images": images}, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -183,15 +218,23 @@ def encode_answer(images: np.ndarray, media_type: str) -> bytes:
 
 def _generation_request(body: dict, num_classes: int) -> GenerationRequest:
     """The fields' checks, shared by the plain JSON body and the v2 input tensors."""
-    allowed = ("count", "seed", "digit") if num_classes else ("count", "seed")
+    allowed = ("count", "seed", "digit", "digits") if num_classes else ("count", "seed")
     unknown = [name for name in body if name not in allowed]
     if unknown:
-        hint = " (this model is unconditional)" if "digit" in unknown else ""
+        hint = " (this model is unconditional)" if {"digit", "digits"} & set(unknown) else ""
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}{hint}; allowed: {', '.join(allowed)}")
     count = _integer(body, "count", 1, MAX_COUNT, default=1)
     seed = _integer(body, "seed", 0, MAX_SEED, default=None)
     digit = _integer(body, "digit", 0, num_classes - 1, default=None) if num_classes else None
-    return GenerationRequest(count=count, seed=secrets.randbits(63) if seed is None else seed, digit=digit)
+    digits = _digits(body) if num_classes else None
+    if digits is not None:
+        if digit is not None:
+            raise BadRequest("give 'digit' (every image that digit) or 'digits' (a number each hand writes), not both")
+        if count * len(digits) > MAX_COUNT:
+            raise BadRequest(f"'count' x the length of 'digits' must be at most {MAX_COUNT} images, got {count} hands x "
+                             f"{len(digits)} digits = {count * len(digits)}")
+    return GenerationRequest(count=count, seed=secrets.randbits(63) if seed is None else seed, digit=digit,
+                             digits=digits)
 
 
 def error_body(message: str, code: int = 400) -> bytes:
@@ -205,6 +248,7 @@ def error_body(message: str, code: int = 400) -> bytes:
 # handler the *input tensors of one request* as rows: [{"name", "datatype", "shape", "data"}, ...],
 # with `data` already reshaped to `shape`. It only reads the batch's first request: batchSize stays 1.
 V2_OUTPUT = "images"
+V2_STRING_INPUT = "digits"  # the one BYTES input; the others are integers
 V2_INTEGER_TYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 
 
@@ -217,20 +261,26 @@ def is_v2_inputs(rows: list) -> bool:
 
 
 def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
-    """Validates one v2 request's input tensors (each a scalar INT64 field, shape [1])."""
+    """Validates one v2 request's input tensors (each a scalar field, shape [1]: INT64, or BYTES for `digits`)."""
     if inputs and isinstance(inputs[0], BadRequest):
         raise inputs[0]  # the envelope could not read the request
     body = {}
     for tensor in inputs:
         name = tensor.get("name")
         if not isinstance(name, str) or not name:
-            raise BadRequest("every input needs a 'name': count, seed or digit")
+            raise BadRequest("every input needs a 'name': count, seed, digit or digits")
         if name in body:
             raise BadRequest(f"input {name!r} is given twice")
-        datatype = tensor.get("datatype")
+        datatype, data = tensor.get("datatype"), tensor.get("data")
+        if name == V2_STRING_INPUT:  # the envelope has already taken a BYTES tensor's one element out of its list
+            if datatype != "BYTES":
+                raise BadRequest(f"input {name!r} must have datatype BYTES (a string such as \"02139\"), got {datatype!r}")
+            if tensor.get("shape") != [1]:
+                raise BadRequest(f"input {name!r} must hold one string (shape [1]), got shape {tensor.get('shape')!r}")
+            body[name] = data
+            continue
         if datatype not in V2_INTEGER_TYPES:
             raise BadRequest(f"input {name!r} must have datatype INT64, got {datatype!r}")
-        data = tensor.get("data")
         if tensor.get("shape") != [1] or not isinstance(data, list) or len(data) != 1:
             raise BadRequest(f"input {name!r} must hold one value (shape [1]), got shape {tensor.get('shape')!r}")
         body[name] = data[0]
@@ -289,7 +339,8 @@ def adapt_kservev2_envelope() -> None:
     a 503 "Prediction failed", and the frontend writes any error as {"code", "type", "message"}, which
     protocol clients cannot decode. Adapted, the envelope hands an unreadable request to the handler
     as [BadRequest], the handler answers every error as 400 {"error": "..."} (v2_error), and the
-    envelope passes that body on unwrapped. A request in the binary data extension is told to send
+    envelope passes that body on unwrapped; a good answer's output keeps its real shape, where the envelope
+    would write it flat. A request in the binary data extension is told to send
     JSON tensors. Patched on the class (the envelope's bound handle() looks these up per call), in this
     worker process only (a worker serves one model); idempotent; harmless without the envelope.
     """
@@ -316,7 +367,10 @@ def adapt_kservev2_envelope() -> None:
     def format_output(self, data):
         if self.context.get_response_status(0)[0] != 200:
             return data  # the handler's error body, as it is
-        return original_format(self, data)
+        response = original_format(self, data)
+        for output, tensor in zip(response[0]["outputs"], data):  # the envelope writes every shape flat
+            output["shape"] = list(np.shape(tensor))
+        return response
 
     parse_input.adapted = True
     KServev2Envelope.parse_input, KServev2Envelope.format_output = parse_input, format_output

@@ -51,6 +51,24 @@ BAD_REQUESTS = [
     ("digit-bool", b'{"digit": true}', JSON, "'digit' must be an integer from 0 to 9, got bool"),
     ("digit-float", b'{"digit": 3.0}', JSON, "'digit' must be an integer from 0 to 9, got float"),
     ("digit-list", b'{"digit": [3]}', JSON, "'digit' must be an integer from 0 to 9, got list"),
+    # a number written by one hand: "digits" (a string, so leading zeros stay)
+    ("digits-integer", b'{"digits": 2139}', JSON,
+     "'digits' must be a string of 1 to 256 decimal digits such as \"02139\", got int"),
+    ("digits-null", b'{"digits": null}', JSON, "'digits' must be a string of 1 to 256 decimal digits"),
+    ("digits-list", b'{"digits": ["0", "2"]}', JSON, "got list"),
+    ("digits-empty", b'{"digits": ""}', JSON, "'digits' must hold 1 to 256 digits, got 0"),
+    ("digits-257", b'{"digits": "' + b"7" * 257 + b'"}', JSON, "'digits' must hold 1 to 256 digits, got 257"),
+    ("digits-letter", b'{"digits": "12a4"}', JSON, "'digits' may hold only the characters 0-9, got 'a' at position 3"),
+    ("digits-space", b'{"digits": "12 4"}', JSON, "got ' ' at position 3"),
+    ("digits-minus", b'{"digits": "-12"}', JSON, "got '-' at position 1"),
+    ("digits-decimal-point", b'{"digits": "1.5"}', JSON, "got '.' at position 2"),
+    ("digits-arabic-indic", '{"digits": "1\u0663"}'.encode(), JSON, "got '\u0663' at position 2"),
+    ("digits-superscript", '{"digits": "\u00b2"}'.encode(), JSON, "got '\u00b2' at position 1"),
+    ("digit-and-digits", b'{"digit": 3, "digits": "3"}', JSON,
+     "give 'digit' (every image that digit) or 'digits' (a number each hand writes), not both"),
+    ("digits-too-many-images", b'{"count": 52, "digits": "12345"}', JSON,
+     "'count' x the length of 'digits' must be at most 256 images, got 52 hands x 5 digits = 260"),
+    ("digits-bad-count", b'{"count": 0, "digits": "1"}', JSON, "'count' must be an integer from 1 to 256, got 0"),
     ("unknown-field", b'{"cuont": 2}', JSON, "unknown field(s) 'cuont'"),
     ("unknown-and-good", b'{"count": 2, "size": 28}', JSON, "'size'"),
     ("nested-object", b'{"count": {"value": 2}}', JSON, "got dict"),
@@ -95,12 +113,16 @@ NEGOTIATION = [
     ("image/png;q=0, application/*;q=0", None),
 ]
 
-GOOD_REQUESTS = [
-    ({}, 1),
-    ({"count": 1}, 1),
-    ({"count": 3, "seed": 0}, 3),
-    ({"count": 2, "seed": 2**63 - 1}, 2),
-    ({"count": 256}, 256),
+GOOD_REQUESTS = [  # (fields, the answer's shape before 28 x 28)
+    ({}, (1,)),
+    ({"count": 1}, (1,)),
+    ({"count": 3, "seed": 0}, (3,)),
+    ({"count": 2, "seed": 2**63 - 1}, (2,)),
+    ({"count": 256}, (256,)),
+    ({"digits": "02139"}, (1, 5)),
+    ({"count": 3, "seed": 4, "digits": "7"}, (3, 1)),
+    ({"count": 2, "digits": "9" * 128}, (2, 128)),
+    ({"digits": "0123456789" * 25 + "012345"}, (1, 256)),  # the longest number
 ]
 
 
@@ -119,6 +141,11 @@ def decode_png(data: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG" and image.mode == "L"
     return np.asarray(image)
+
+
+def number_rows_size(hands: int, length: int, gap: int = 2) -> tuple[int, int]:
+    """A PNG of `hands` rows, each a `length`-digit number with its digits side by side, rows `gap` apart."""
+    return hands * 28 + (hands - 1) * gap, length * 28
 
 
 def grid_size(count: int, gap: int = 2) -> tuple[int, int]:

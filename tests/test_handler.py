@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cases import (BAD_REQUESTS, GOOD_REQUESTS, JSON, MULTIPART, MULTIPART_MESSAGE, NEGOTIATION, PNG,
-                   RUNTIME_AND_ROUNDING, decode_png, generators_images, grid_size)
+                   RUNTIME_AND_ROUNDING, decode_png, generators_images, grid_size, number_rows_size)
 from handler.generator import ONNX_FILE
 from handler.request_contract import NotAcceptable, answer_type
 from train.config import make_config
@@ -18,17 +18,21 @@ from experiments.local_handler import LocalHandler, copy_model_dir
 from scripts import HANDLER_DIR
 
 
+def json_body(fields: dict) -> bytes:
+    return json.dumps(fields).encode()
+
+
 def images_of(body: dict) -> np.ndarray:
     assert set(body) == {"images"}
     return np.asarray(body["images"], dtype=np.float64)
 
 
-@pytest.mark.parametrize("fields,count", GOOD_REQUESTS)
-def test_good_requests_return_count_images_in_unit_range(handler_client, fields, count):
+@pytest.mark.parametrize("fields,shape", GOOD_REQUESTS)
+def test_good_requests_return_count_images_in_unit_range(handler_client, fields, shape):
     code, body = handler_client.post(fields)
     assert code == 200
     images = images_of(body)
-    assert images.shape == (count, 28, 28)
+    assert images.shape == (*shape, 28, 28)
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert np.all(np.round(images, 4) == images)  # the contract's 4 decimals
 
@@ -142,6 +146,74 @@ def test_bad_fields_answer_400_json_even_when_png_is_asked_for(handler_client):
     assert "'count' must be an integer" in reply.json()["error"]
 
 
+# --- a number in one hand: "digits" --------------------------------------------------------------
+
+def test_a_hands_digits_are_the_single_digit_requests_images_bit_for_bit(handler_client):
+    number = images_of(handler_client.post({"count": 3, "seed": 7, "digits": "02139"})[1])
+    assert number.shape == (3, 5, 28, 28)
+    for position, digit in enumerate("02139"):
+        alone = images_of(handler_client.post({"count": 3, "seed": 7, "digit": int(digit)})[1])
+        assert np.array_equal(number[:, position], alone), position
+    repeated = images_of(handler_client.post({"count": 2, "seed": 7, "digits": "1001"})[1])
+    assert np.array_equal(repeated[:, 0], repeated[:, 3])  # a hand writes a digit the same way each time
+    one = images_of(handler_client.post({"digits": "3", "seed": 11})[1])
+    assert np.array_equal(one[:, 0], images_of(handler_client.post({"digit": 3, "seed": 11})[1]))
+
+
+def test_a_seed_is_a_set_of_hands_whatever_the_number(handler_client):
+    first = images_of(handler_client.post({"count": 2, "seed": 5, "digits": "18"})[1])
+    other = images_of(handler_client.post({"count": 2, "seed": 5, "digits": "8821"})[1])
+    assert np.array_equal(first[:, 0], other[:, 3]) and np.array_equal(first[:, 1], other[:, 0])  # the same hands
+    assert np.abs(first[0] - first[1]).max() > 0.1  # two hands differ
+    assert not np.array_equal(first, images_of(handler_client.post({"count": 2, "seed": 6, "digits": "18"})[1]))
+    unseeded = [images_of(handler_client.post({"digits": "42"})[1]) for _ in range(2)]
+    assert not np.array_equal(*unseeded)
+
+
+def test_a_hands_digits_are_the_generators_own(handler_client):
+    model = handler_client.handler.model
+    number = images_of(handler_client.post({"count": 4, "seed": 21, "digits": "509"})[1])
+    for position, digit in enumerate((5, 0, 9)):
+        assert np.abs(number[:, position] - generators_images(model, 4, 21, digit)).max() <= RUNTIME_AND_ROUNDING
+
+
+def test_the_longest_number_works_and_one_digit_more_is_refused(handler_client):
+    longest = "31415926535897932384626433832795" * 8
+    code, body = handler_client.post({"seed": 1, "digits": longest})
+    assert code == 200 and images_of(body).shape == (1, 256, 28, 28)
+    code, body = handler_client.post({"seed": 1, "digits": longest + "0"})
+    assert code == 400 and "got 257" in body["error"]
+    code, body = handler_client.post({"count": 2, "seed": 1, "digits": longest[:129]})
+    assert code == 400 and "2 hands x 129 digits = 258" in body["error"]
+
+
+@pytest.mark.parametrize("hands,number", [(1, "7"), (1, "02139"), (3, "2026"), (2, "0" * 12)])
+def test_a_numbers_png_is_one_row_per_hand_of_the_json_answers_pixels(handler_client, hands, number):
+    request = json_body({"count": hands, "seed": 8, "digits": number})
+    png = handler_client.request(request, accept=PNG)
+    assert png.status == 200 and png.content_type == PNG
+    pixels = decode_png(png.body)
+    assert pixels.shape == number_rows_size(hands, len(number))
+    expected = np.rint(255 * images_of(handler_client.request(request).json())).astype(np.uint8)
+    for hand in range(hands):
+        row = pixels[hand * 30:hand * 30 + 28]
+        assert np.array_equal(row, np.concatenate(list(expected[hand]), axis=1)), hand  # side by side, no gap
+        if hand:
+            assert (pixels[hand * 30 - 2:hand * 30] == 128).all()  # the gray gap between hands
+    assert handler_client.request(request, accept=PNG).body == png.body
+
+
+def test_a_number_batched_with_other_requests_keeps_its_images(handler_client):
+    body = b'{"count": 2, "seed": 5, "digits": "8675309"}'
+    alone = images_of(handler_client.post(body)[1])
+    batched = handler_client.batch([(b'{"count": 64, "seed": 1}', {"Content-Type": JSON}),
+                                    (body, {"Content-Type": JSON}),
+                                    (b'{"digits": "12x"}', {"Content-Type": JSON}),
+                                    (b'{"count": 3, "digits": "11"}', {"Content-Type": JSON, "Accept": PNG})])
+    assert [reply.status for reply in batched] == [200, 200, 400, 200]
+    assert np.array_equal(images_of(batched[1].json()), alone)
+
+
 def test_unacceptable_accept_gets_406_json_naming_both_formats(handler_client):
     reply = handler_client.request(b'{"count": 1}', accept="text/html")
     assert reply.status == 406 and reply.content_type == JSON
@@ -164,6 +236,8 @@ def test_unconditional_model_rejects_digit_and_serves_the_rest(tutorial_handler_
     assert code == 200 and images_of(body).shape == (2, 28, 28)
     code, body = tutorial_handler_client.post({"digit": 3})
     assert code == 400 and "unconditional" in body["error"]
+    code, body = tutorial_handler_client.post({"digits": "314"})
+    assert code == 400 and "unknown field(s) 'digits' (this model is unconditional)" in body["error"]
 
 
 @pytest.mark.parametrize("filename", ["generator.py", "mnist_gan_handler.py"])
