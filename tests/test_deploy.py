@@ -356,8 +356,9 @@ def test_kserve_bundle_refuses_a_missing_archive(tmp_path):
 # --- the Open Inference Protocol (KServe v2) against a real TorchServe -----------------------
 
 def v2_body(**fields) -> dict:
-    return {"id": "req-1", "inputs": [{"name": name, "datatype": "INT64", "shape": [1], "data": [value]}
-                                      for name, value in fields.items()]}
+    """An Open Inference Protocol request: each field a one-element tensor, BYTES for a string, else INT64."""
+    return {"id": "req-1", "inputs": [{"name": name, "datatype": "BYTES" if isinstance(value, str) else "INT64",
+                                       "shape": [1], "data": [value]} for name, value in fields.items()]}
 
 
 class V2TorchServe(TorchServe):
@@ -401,8 +402,8 @@ def test_v2_infer_returns_open_inference_protocol_images(v2_server):
     assert body["model_name"] == MODEL_NAME and body["model_version"] == "1.0" and body["id"] == "req-1"
     (output,) = body["outputs"]
     assert output["name"] == "images" and output["datatype"] == "FP64"
-    assert output["shape"] == [3 * 28 * 28]  # the envelope flattens; clients reshape to count x 28 x 28
-    images = np.asarray(output["data"]).reshape(3, 28, 28)
+    assert output["shape"] == [3, 28, 28]  # the real shape: the envelope alone would write [2352]
+    images = np.asarray(output["data"]).reshape(output["shape"])
     assert images.min() >= 0 and images.max() <= 1
     # Same seed, same images: the v2 route gives exactly the plain contract's numbers.
     again = requests.post(v2_server.v2_url, json=v2_body(seed=5, digit=7, count=3), headers=v2_server.headers(),
@@ -410,7 +411,7 @@ def test_v2_infer_returns_open_inference_protocol_images(v2_server):
     assert again == output["data"]
     # Every input is optional: defaults as in the plain contract (count 1, random seed).
     reply = requests.post(v2_server.v2_url, json=v2_body(digit=2), headers=v2_server.headers(), timeout=30)
-    assert reply.status_code == 200 and reply.json()["outputs"][0]["shape"] == [784]
+    assert reply.status_code == 200 and reply.json()["outputs"][0]["shape"] == [1, 28, 28]
 
 
 @pytest.mark.integration
@@ -425,6 +426,17 @@ def test_v2_gives_the_plain_contracts_numbers(v2_server, handler_client):
                                   np.asarray(plain["images"]))
 
 
+@pytest.mark.integration
+def test_v2_digits_input_draws_a_number_in_one_hand(v2_server, handler_client):
+    reply = requests.post(v2_server.v2_url, json=v2_body(count=2, seed=9, digits="0905"), headers=v2_server.headers(),
+                          timeout=30)
+    assert reply.status_code == 200, reply.text
+    (output,) = reply.json()["outputs"]
+    assert output["shape"] == [2, 4, 28, 28]
+    plain = handler_client.post({"count": 2, "seed": 9, "digits": "0905"})[1]["images"]
+    np.testing.assert_array_equal(np.asarray(output["data"]).reshape(output["shape"]), np.asarray(plain))
+
+
 BAD_V2 = [
     ("count-too-big", v2_body(count=1000), "'count' must be an integer from 1 to 256, got 1000"),
     ("float-count", {"inputs": [{"name": "count", "datatype": "FP32", "shape": [1], "data": [2.5]}]},
@@ -433,6 +445,10 @@ BAD_V2 = [
     ("two-values", {"inputs": [{"name": "count", "datatype": "INT64", "shape": [2], "data": [1, 2]}]},
      "must hold one value"),
     ("digit-out-of-range", v2_body(digit=10), "'digit' must be an integer from 0 to 9"),
+    ("digits-as-integer", {"inputs": [{"name": "digits", "datatype": "INT64", "shape": [1], "data": [905]}]},
+     "input 'digits' must have datatype BYTES"),
+    ("digits-letter", v2_body(digits="9o5"), "got 'o' at position 2"),
+    ("digit-and-digits", v2_body(digit=3, digits="3"), "not both"),
     ("no-inputs-key", {"count": 4}, "'inputs' list"),
     ("empty-inputs", {"inputs": []}, "non-empty list"),
     ("input-not-object", {"inputs": [5]}, "must be an object"),
@@ -492,8 +508,9 @@ def triton_inputs(binary: bool, **fields):
 
     inputs = []
     for name, value in fields.items():
-        tensor = httpclient.InferInput(name, [1], "INT64")
-        tensor.set_data_from_numpy(np.array([value], dtype=np.int64), binary_data=binary)
+        text = isinstance(value, str)
+        tensor = httpclient.InferInput(name, [1], "BYTES" if text else "INT64")
+        tensor.set_data_from_numpy(np.array([value], dtype=object if text else np.int64), binary_data=binary)
         inputs.append(tensor)
     return inputs
 
@@ -506,8 +523,11 @@ def test_tritonclient_json_tensors_give_the_plain_contracts_images(v2_server, ha
     outputs = [httpclient.InferRequestedOutput("images", binary_data=False)]
     result = client.infer(MODEL_NAME, triton_inputs(False, count=2, seed=9, digit=1), outputs=outputs,
                           headers=v2_server.headers())
-    images = result.as_numpy("images").reshape(2, 28, 28)
+    images = result.as_numpy("images")
     np.testing.assert_array_equal(images, np.asarray(handler_client.post({"count": 2, "seed": 9, "digit": 1})[1]["images"]))
+    number = client.infer(MODEL_NAME, triton_inputs(False, count=3, seed=9, digits="42"), outputs=outputs,
+                          headers=v2_server.headers()).as_numpy("images")
+    np.testing.assert_array_equal(number, np.asarray(handler_client.post({"count": 3, "seed": 9, "digits": "42"})[1]["images"]))
 
 
 @pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from cases import (BAD_REQUESTS, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUNDING, decode_png, generators_images,
-                   grid_size)
+                   grid_size, number_rows_size)
 from scripts import read_model_config
 from scripts.archive import build_archive
 from scripts.server import FRONTEND_CLASS, TorchServe, _alive, free_ports, proc_stat
@@ -73,6 +73,22 @@ def test_seed_reproduces_across_requests_and_both_workers(server):
     # Both workers did work for these requests (an idle worker blocks on its socket and uses no CPU).
     assert all(_cpu_ticks(pid) > before[pid] for pid in workers), (before, {pid: _cpu_ticks(pid) for pid in workers})
     assert post(server, {"count": 256, "seed": 124}).content != bodies[0]
+
+
+def test_a_number_is_the_same_hands_on_both_workers_as_the_single_digit_requests(server):
+    workers = server.worker_pids()
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    body = {"count": 8, "seed": 77, "digits": "02139"}
+    bodies = [post(server, body).content for _ in range(10)]
+    assert len(set(bodies)) == 1
+    assert all(_cpu_ticks(pid) > before[pid] for pid in workers)  # both workers answered some of them
+    number = np.asarray(json.loads(bodies[0])["images"])
+    assert number.shape == (8, 5, 28, 28)
+    for position, digit in enumerate(body["digits"]):  # hand i is the seed's i-th hand, whatever the digit
+        alone = np.asarray(post(server, {"count": 8, "seed": 77, "digit": int(digit)}).json()["images"])
+        assert np.array_equal(number[:, position], alone), position
+    png = post(server, body, headers={"Accept": PNG})
+    assert png.status_code == 200 and decode_png(png.content).shape == number_rows_size(8, 5)
 
 
 def test_contract_points_on_the_real_server(server, generator):
@@ -225,6 +241,15 @@ def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
     assert replies[3].content == alone  # a batched request keeps its own seed's images
     log = (batching_server.workdir / "logs" / "model_log.log").read_text()
     assert "handling a batch of" in log  # TorchServe really did batch them
+
+
+def test_numbers_batched_server_side_keep_their_hands(batching_server):
+    bodies = [{"count": 2, "seed": i, "digits": "90210"[: i + 1]} if i % 2 else {"count": 3, "seed": i} for i in range(8)]
+    alone = [post(batching_server, body).content for body in bodies]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda b: post(batching_server, b), bodies))
+    assert [r.status_code for r in replies] == [200] * 8
+    assert [r.content for r in replies] == alone
 
 
 def _prometheus_metrics(server) -> str:
