@@ -11,6 +11,8 @@ OUT ?= artifacts
 # where `make archive` puts the .mar and `make serve` serves it from
 MODEL_STORE ?= model_store
 EPOCHS ?=
+# train on the first N training images only: a smoke test of the whole path (the test of `make demo` uses it)
+LIMIT ?=
 DEVICE ?= auto
 RESUME ?=
 N ?= 16
@@ -36,7 +38,7 @@ $(VENV)/.installed: requirements.txt | prerequisites
 
 train: install
 	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) --out-dir $(OUT) \
-		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(RESUME),--resume)
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(RESUME),--resume)
 
 # The tutorial recipe, the baseline of `make evaluate` and `make bench-train` (batch size 1: slow; docs/training.md).
 baseline: install

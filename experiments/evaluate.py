@@ -129,11 +129,6 @@ def predict(model: MnistClassifier, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
 
 
-@torch.inference_mode()
-def top_probability(model: MnistClassifier, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([F.softmax(model(chunk), dim=1).max(1).values for chunk in images.split(1000)])
-
-
 def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     return (predict(model, images) == labels).float().mean().item()
 
@@ -155,17 +150,18 @@ def load_or_train_classifier(path: Path, data_dir: str | Path) -> tuple[MnistCla
     return model, test_accuracy
 
 
-class _Embedding(nn.Module):
-    """The classifier's penultimate features, as torchmetrics' FID wants a feature module."""
+class _Computed(nn.Identity):
+    """torchmetrics' feature module for features computed beforehand: the classifier runs once per image,
+    and FID (penultimate features), Inception Score (logits) and the readings all share that pass."""
 
     num_features = FEATURES
 
-    def __init__(self, classifier: MnistClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier.embed(images)
+@torch.inference_mode()
+def features_and_logits(model: MnistClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's penultimate features (what FID compares) and its logits, in one pass (eval mode)."""
+    features = torch.cat([model.embed(chunk) for chunk in images.split(1000)])
+    return features, model.head(features)  # forward() without its dropout, which eval mode turns off
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -209,16 +205,15 @@ class Evaluator:
 
     def __init__(self, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor) -> None:
         self.classifier = classifier.eval()
-        self.fid = FrechetInceptionDistance(feature=_Embedding(self.classifier), reset_real_features=False)
-        with torch.inference_mode():
-            for chunk in test_images.split(1000):
-                self.fid.update(chunk, real=True)
+        self.fid = FrechetInceptionDistance(feature=_Computed(), reset_real_features=False)
+        features, logits = features_and_logits(self.classifier, test_images)
+        self.fid.update(features, real=True)
         self.test_images, self.test_labels = test_images, test_labels
         self.real_pairwise = [mean_pairwise_distance(test_images[test_labels == d][:PER_DIGIT]) for d in range(10)]
-        hits = predict(self.classifier, test_images) == test_labels
+        hits = logits.argmax(1) == test_labels
         # The classifier's own accuracy per digit on real test images: the ceiling for requested-digit accuracy.
         self.real_per_digit_accuracy = [hits[test_labels == d].float().mean().item() for d in range(10)]
-        self.real_broken = (top_probability(self.classifier, test_images) < BROKEN_BELOW).float().mean().item()
+        self.real_broken = (F.softmax(logits, dim=1).max(1).values < BROKEN_BELOW).float().mean().item()
 
     def cas_readings(self, images: torch.Tensor, labels: torch.Tensor, epochs: int = CAS_EPOCHS,
                      seeds: int = CAS_SEEDS) -> torch.Tensor:
@@ -244,16 +239,16 @@ class Evaluator:
     @torch.inference_mode()
     def row(self, name: str, images: torch.Tensor, requested: Optional[torch.Tensor] = None) -> Row:
         """Metrics of `images` (N x 1 x 28 x 28 in [0, 1]); `requested`: the digits asked for, if conditional."""
+        features, logits = features_and_logits(self.classifier, images)
         self.fid.reset()
-        inception = InceptionScore(feature=self.classifier, splits=10)  # its logits
-        for chunk in images.split(1000):
-            self.fid.update(chunk, real=False)
-            inception.update(chunk)
+        self.fid.update(features, real=False)
+        inception = InceptionScore(feature=_Computed(), splits=10)  # on the logits
+        inception.update(logits)
         score, std = inception.compute()
-        predicted = predict(self.classifier, images)
+        predicted = logits.argmax(1)
         row = Row(name, self.fid.compute().item(), score.item(), std.item(), kl_to_uniform(predicted),
                   histogram=torch.bincount(predicted, minlength=10).tolist(),
-                  broken=(top_probability(self.classifier, images) < BROKEN_BELOW).float().mean().item())
+                  broken=(F.softmax(logits, dim=1).max(1).values < BROKEN_BELOW).float().mean().item())
         groups = requested if requested is not None else predicted  # unconditional: group by what it looks like
         row.pairwise = [mean_pairwise_distance(images[groups == d][:PER_DIGIT]) for d in range(10)]
         if requested is not None:

@@ -14,8 +14,9 @@ from experiments.evaluate import (TARGET_CAS_GAP, Evaluator, balanced_subset, bi
                                   generate_per_digit, kl_to_uniform, mean_pairwise_distance, predict, shift_one_pixel,
                                   target_checks, train_classifier)
 
-CAS_EPOCHS = 3  # small sets and few epochs: each CAS here trains for seconds, not minutes
+CAS_EPOCHS = 3  # small sets, few epochs and one classifier: each CAS here trains for seconds, not minutes
 CAS_PER_DIGIT = 200
+CAS_SEEDS = 1
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def cas_sets(data_dir):
 @pytest.fixture(scope="module")
 def cas_reference(setup, cas_sets):
     evaluator = setup[0]
-    return evaluator.cas(*cas_sets[0], epochs=CAS_EPOCHS)
+    return evaluator.cas(*cas_sets[0], epochs=CAS_EPOCHS, seeds=CAS_SEEDS)
 
 
 def one_image_per_digit(images, labels, classifier):
@@ -96,18 +97,18 @@ def test_balanced_subset_has_the_same_count_of_every_digit(cas_sets):
 def test_cas_of_real_digits_is_near_the_reference(setup, cas_sets, cas_reference):
     evaluator = setup[0]
     assert cas_reference > 0.85
-    assert abs(evaluator.cas(*cas_sets[1], epochs=CAS_EPOCHS) - cas_reference) < 0.03
+    assert abs(evaluator.cas(*cas_sets[1], epochs=CAS_EPOCHS, seeds=CAS_SEEDS) - cas_reference) < 0.03
 
 
 def test_cas_of_labels_shifted_by_one_digit_is_near_zero(setup, cas_sets):
     evaluator = setup[0]
     images, labels = cas_sets[1]
-    assert evaluator.cas(images, (labels + 1) % 10, epochs=CAS_EPOCHS) < 0.05
+    assert evaluator.cas(images, (labels + 1) % 10, epochs=CAS_EPOCHS, seeds=CAS_SEEDS) < 0.05
 
 
 def test_cas_of_one_image_per_digit_is_far_below_the_reference(setup, cas_sets, cas_reference):
     evaluator = setup[0]
-    assert evaluator.cas(*one_image_per_digit(*cas_sets[1], evaluator.classifier), epochs=CAS_EPOCHS) < cas_reference - 0.2
+    assert evaluator.cas(*one_image_per_digit(*cas_sets[1], evaluator.classifier), epochs=CAS_EPOCHS, seeds=CAS_SEEDS) < cas_reference - 0.2
 
 
 def test_requested_digit_accuracy_on_known_cases(setup, cas_sets):
