@@ -18,12 +18,13 @@ RESUME ?=
 N ?= 16
 SEED ?=
 DIGIT ?=
+DIGITS ?=
 
 # What the project needs from outside Python: scripts/prerequisites.py installs it as root with apt-get,
 # else stops with one line per tool naming the command, before .venv/ is made.
 SYSTEM_TOOLS := java haproxy
 
-.PHONY: install prerequisites baseline train archive serve stop predict demo test evaluate bench bench-train ablation clean kserve-bundle
+.PHONY: install prerequisites baseline train archive serve stop predict dataset demo test evaluate bench bench-train ablation clean kserve-bundle
 
 install: $(VENV)/.installed
 
@@ -54,7 +55,14 @@ stop: install
 	$(PY) -m scripts.server stop
 
 predict: install
-	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT))
+	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT)) \
+		$(if $(DIGITS),--digits $(DIGITS))
+
+# A synthetic MNIST from the running server (make serve), in MNIST's IDX format: N training digits (60,000
+# unless N is given), N/6 test digits, under OUT/MNIST/raw (OUT: artifacts/dataset unless given).
+dataset: install
+	$(PY) -m scripts.dataset --count $(if $(filter command line,$(origin N)),$(N),60000) --seed $(or $(SEED),0) \
+		--out $(if $(filter command line,$(origin OUT)),$(OUT),artifacts/dataset)
 
 # Set-up, a one-epoch training, archive, serve, one request, the picture, and the server stopped again.
 # The demo's model and archive stay in artifacts/demo, so a real model and its model_store/ archive are kept.

@@ -1,6 +1,7 @@
 """A small client: asks the running server for digits as a PNG (Accept: image/png) and saves it.
 
     python -m scripts.predict --count 16 --seed 7 --digit 3
+    python -m scripts.predict --count 4 --seed 7 --digits 02139   # four hands, each writing 02139
 """
 import argparse
 import json
@@ -14,14 +15,8 @@ from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
 from train.artifacts import atomic_path
 
 
-def request_png(url: str, key: str, count: int, seed: Optional[int] = None, digit: Optional[int] = None,
-                timeout: float = 30) -> bytes:
-    """POSTs one request asking for a PNG; returns its bytes, or raises with the server's message."""
-    body = {"count": count}
-    if seed is not None:
-        body["seed"] = seed
-    if digit is not None:
-        body["digit"] = digit
+def request_png(url: str, key: str, body: dict, timeout: float = 30) -> bytes:
+    """POSTs one request body asking for a PNG; returns its bytes, or raises with the server's message."""
     reply = requests.post(url, json=body, headers={"Authorization": f"Bearer {key}", "Accept": "image/png"},
                           timeout=timeout)
     if reply.status_code != 200:
@@ -38,6 +33,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--digit", type=int)
+    parser.add_argument("--digits", help="a number each of the --count hands writes, e.g. 02139")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "predictions.png")
     args = parser.parse_args(argv)
     args.url = args.url or f"{read_properties(args.config)['inference_address']}/predictions/{MODEL_NAME}"
@@ -46,12 +42,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     except FileNotFoundError:
         raise SystemExit(f"{args.key_file} not found: is the server running (`make serve`)?")
     try:
-        png = request_png(args.url, key, args.count, args.seed, args.digit)
+        fields = {"count": args.count, "seed": args.seed, "digit": args.digit, "digits": args.digits}
+        png = request_png(args.url, key, {name: value for name, value in fields.items() if value is not None})
     except (RuntimeError, requests.RequestException) as error:
         raise SystemExit(f"predict: {error}")
     with atomic_path(args.out) as tmp:
         tmp.write_bytes(png)
-    print(f"{args.count} digits from {args.url} saved to {args.out}", file=sys.stderr)
+    what = f"{args.count} hand(s) writing {args.digits}" if args.digits else f"{args.count} digits"
+    print(f"{what} from {args.url} saved to {args.out}", file=sys.stderr)
     print(args.out)
 
 

@@ -1,12 +1,14 @@
 """Shared fixtures: MNIST location, tiny real training runs, their real archives (built once per
-session), and the handler loaded from an unpacked archive by TorchServe's own worker code."""
+session), the handler loaded from an unpacked archive by TorchServe's own worker code, and one real
+TorchServe serving the tiny archive for every test module that needs a running server."""
 import os
 from pathlib import Path
 
 import pytest
 
-from scripts import ROOT
+from scripts import ROOT, read_model_config
 from scripts.archive import build_archive
+from scripts.server import TorchServe, _alive, free_ports
 from experiments.local_handler import LocalHandler, unpack_archive
 
 
@@ -71,3 +73,13 @@ def handler_client(tiny_model_dir) -> LocalHandler:
 @pytest.fixture(scope="session")
 def tutorial_handler_client(tutorial_model_dir) -> LocalHandler:
     return LocalHandler(tutorial_model_dir)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_store, tmp_path_factory) -> TorchServe:
+    """The tiny archive in a real TorchServe on free ports, with the shipped config; stopped at the end."""
+    with TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_store, ports=tuple(free_ports(4))) as ts:
+        yield ts
+        processes = [ts.pid(), *ts.worker_pids()]
+    assert len(processes) == 1 + read_model_config()["minWorkers"], processes  # the frontend and its workers
+    assert not [pid for pid in processes if _alive(pid)], "stop() left processes running"

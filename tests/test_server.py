@@ -17,20 +17,11 @@ from cases import (BAD_REQUESTS, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUND
                    grid_size, number_rows_size)
 from scripts import read_model_config
 from scripts.archive import build_archive
-from scripts.server import FRONTEND_CLASS, TorchServe, _alive, free_ports, proc_stat
+from scripts.server import FRONTEND_CLASS, TorchServe, free_ports, proc_stat
 from train.artifacts import load_run
 
 pytestmark = pytest.mark.integration
 WORKERS = read_model_config()["minWorkers"]  # what the shipped archive starts
-
-
-@pytest.fixture(scope="module")
-def server(tiny_store, tmp_path_factory):
-    with TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_store, ports=tuple(free_ports(4))) as ts:
-        yield ts
-        processes = [ts.pid(), *ts.worker_pids()]
-    assert len(processes) == 1 + WORKERS, processes  # the frontend and its workers
-    assert not [pid for pid in processes if _alive(pid)], "stop() left processes running"
 
 
 @pytest.fixture(scope="module")
