@@ -35,7 +35,8 @@ from tqdm import tqdm
 from handler.generator import Generator, checked_noise_std, sample_latent
 from train import artifacts
 from experiments.classifier import FEATURES, MnistClassifier
-from experiments.report import table
+from experiments import one_hand
+from experiments.report import table, write_section
 from train.config import ADDED_SETTINGS, make_config, settings_unknown_here
 from train.data import MnistMissing, load_mnist
 
@@ -447,6 +448,19 @@ def written_by(models: list[str]) -> str:
             "`make evaluate` rewrites it without them.")
 
 
+def rewrite_one_hand(out: Path, data_dir: str, page: Path) -> None:
+    """`--only one-hand`: the served model's "One hand" section, measured and rewritten in `page` alone."""
+    try:
+        classifier, _ = load_or_train_classifier(out / "classifier.pt", data_dir)
+        test_images, test_labels = load_mnist(data_dir, train=False)
+        model, _ = artifacts.load_run(out)
+    except (MnistMissing, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    text = one_hand.section(model, classifier, test_images, test_labels)
+    write_section(page, "Quality report", "make evaluate", text)
+    print(text)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data")
@@ -460,9 +474,14 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="extra rows: the served model sampled with these noise_std values ('' for none)")
     parser.add_argument("--cas-per-digit", type=int, default=CAS_PER_DIGIT)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["one-hand"],
+                        help="measure this section of the page alone and rewrite it, keeping the rest")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out: Path = args.out_dir
+    if args.only:
+        rewrite_one_hand(out, args.data_dir, args.docs_dir / "quality.md")
+        return
     try:
         evaluator, test_accuracy = cached_evaluator(out, args.data_dir)
         train_images, train_labels = load_mnist(args.data_dir, train=True)
@@ -499,7 +518,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(f"CAS of {name}: the fixed recipe on {per_digit:,} generated digits per requested digit", file=sys.stderr)
             evaluator.measure_cas(rows[-1], *generate_per_digit(model, per_digit))
         if run_dir == out and noise_std is None:
-            default, default_meta = rows[-1], meta
+            default, default_meta, default_model = rows[-1], meta, model
             pictures = [out / "digits.png"]
             digit_grid(model, pictures[0], f"{meta['preset']}: one row per digit")
             if default.cas_predicted is not None and missed_picture(evaluator, default, rows[0], out / "cas_misses.png"):
@@ -528,6 +547,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         report += [f"- {'PASS' if ok else 'MISS'}: {text}"
                    for text, ok in target_checks(default, evaluator, cas_reference, train_seconds)]
         report += ["", "![one row per digit](digits.png)", ""]
+        report += [one_hand.section(default_model, evaluator.classifier, evaluator.test_images, evaluator.test_labels)]
     report += ["## Where CAS loses", "",
                f"The real test digits that each row's CAS classifiers read wrong (mean of {CAS_SEEDS}), by true digit, and the "
                "commonest mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "

@@ -224,3 +224,21 @@ def test_the_page_says_when_it_holds_rows_make_evaluate_would_not_write():
     assert E.written_by([]).startswith("Written by `make evaluate`")
     extra = E.written_by(["wide D=/tmp/runs/d64", "seed 1=/tmp/runs/seed1"])
     assert "2 extra `--model` rows (wide D, seed 1)" in extra and "`make evaluate` rewrites it without them" in extra
+
+
+def test_the_one_hand_section_measures_the_served_model_against_its_targets(setup, tiny_run, tmp_path):
+    from experiments.one_hand import section
+    from experiments.report import write_section
+    from train.artifacts import load_run
+
+    evaluator = setup[0]
+    text = section(load_run(tiny_run)[0], evaluator.classifier, evaluator.test_images, evaluator.test_labels)
+    assert text.startswith("## One hand\n")
+    verdicts = [line for line in text.splitlines() if line.startswith(("- PASS: ", "- MISS: "))]
+    assert [v.split(": ", 1)[1].split(" ")[0] for v in verdicts] == ["ink", "slant", "5-digit"]
+    real = float(text.split("real test digits drawn at random | ")[1].split("%")[0])
+    assert real > 80  # the evaluation classifier reads real numbers; a barely trained model's are another matter
+    page = tmp_path / "quality.md"
+    page.write_text("# Quality report\n\n## Targets\n\nkept\n\n## One hand\n\nold\n\n## Where CAS loses\n\nkept too\n")
+    write_section(page, "Quality report", "make evaluate", text)  # what --only one-hand does to the page
+    assert "old" not in page.read_text() and page.read_text().count("kept") == 2 and text in page.read_text()
