@@ -237,7 +237,7 @@ def test_the_one_hand_section_measures_the_served_model_against_its_targets(setu
     verdicts = [line for line in text.splitlines() if line.startswith(("- PASS: ", "- MISS: "))]
     assert [v.split(": ", 1)[1].split(" ")[0] for v in verdicts] == ["ink", "slant", "5-digit"]
     real = float(text.split("real test digits drawn at random | ")[1].split("%")[0])
-    assert real > 80  # the evaluation classifier reads real numbers; a barely trained model's are another matter
+    assert real > 50  # the small test classifier reads most real numbers (its accuracy to the 5th power)
     page = tmp_path / "quality.md"
     page.write_text("# Quality report\n\n## Targets\n\nkept\n\n## One hand\n\nold\n\n## Where CAS loses\n\nkept too\n")
     write_section(page, "Quality report", "make evaluate", text)  # what --only one-hand does to the page
