@@ -31,11 +31,17 @@ def write_page(path: Path, title: str, command: str, body: str) -> None:
 
 def write_section(path: Path, title: str, command: str, section: str) -> None:
     """Replaces one "## " section of a page with `section` (which starts with its heading), keeping the rest;
-    writes the page with this section alone when it has none yet."""
+    adds it at the end (before the hand-written notes) of a page without it, and writes a new page with it alone."""
     old = path.read_text() if path.exists() else ""
     heading = section.split("\n", 1)[0] + "\n"
-    if heading not in old:
+    if not old:
         write_page(path, title, command, section)
+        return
+    if heading not in old:
+        cut = old.index(NOTES) if NOTES in old else len(old)
+        text = old[:cut].rstrip() + "\n\n" + section.rstrip() + "\n" + ("\n" + old[cut:] if cut < len(old) else "")
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
         return
     start = old.index(heading)
     rest = old[start + len(heading):]

@@ -35,3 +35,13 @@ def test_a_section_new_to_the_page_makes_the_page(tmp_path):
     page = tmp_path / "page.md"
     write_section(page, "Serving", "make bench", "## Formats\n\nformats")
     assert page.read_text() == "# Serving\n\nWritten by `make bench`; rerun it to measure again.\n\n## Formats\n\nformats\n"
+
+
+def test_a_section_new_to_an_existing_page_is_added_and_the_page_kept(tmp_path):
+    page = tmp_path / "page.md"
+    write_page(page, "Quality", "make evaluate", "## Targets\n\nall met")
+    write_section(page, "Quality", "make evaluate", "## One hand\n\nsteady")
+    assert page.read_text().endswith("## Targets\n\nall met\n\n## One hand\n\nsteady\n")
+    page.write_text(page.read_text() + f"\n{NOTES}\nkept\n")
+    write_section(page, "Quality", "make evaluate", "## Other\n\nnew")
+    assert page.read_text().endswith("## One hand\n\nsteady\n\n## Other\n\nnew\n\n" + NOTES + "\nkept\n")
