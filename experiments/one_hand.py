@@ -66,32 +66,33 @@ def read_right(classifier: MnistClassifier, images: torch.Tensor, digits: torch.
 
 
 def numbers_read_right(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor,
-                       test_labels: torch.Tensor, seed: int = 0) -> tuple[float, float]:
-    """The fraction of NUMBERS random numbers read right on every digit: each written by one hand of `model`,
+                       test_labels: torch.Tensor, numbers: int = NUMBERS, seed: int = 0) -> tuple[float, float]:
+    """The fraction of `numbers` random numbers read right on every digit: each written by one hand of `model`,
     and the same numbers made of real test digits drawn at random."""
     rng = torch.Generator().manual_seed(seed)
-    digits = torch.randint(0, 10, (NUMBERS, NUMBER_LENGTH), generator=rng)
-    generated = write(model, sample_noise(model, NUMBERS, rng), digits)
+    digits = torch.randint(0, 10, (numbers, NUMBER_LENGTH), generator=rng)
+    generated = write(model, sample_noise(model, numbers, rng), digits)
     by_digit = [torch.nonzero(test_labels == d).flatten() for d in range(10)]
     picks = torch.stack([by_digit[d][torch.randint(len(by_digit[d]), (), generator=rng)] for d in digits.flatten()])
-    real = test_images[picks].view(NUMBERS, NUMBER_LENGTH, *test_images.shape[1:])
+    real = test_images[picks].view(numbers, NUMBER_LENGTH, *test_images.shape[1:])
     return read_right(classifier, generated, digits), read_right(classifier, real, digits)
 
 
-def section(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor) -> str:
+def section(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor,
+            hands: int = HANDS, numbers: int = NUMBERS) -> str:
     """The results page's "## One hand" section for `model`, with its targets."""
-    correlations = hand_correlations(model)
-    generated, real = numbers_read_right(model, classifier, test_images, test_labels)
+    correlations = hand_correlations(model, hands)
+    generated, real = numbers_read_right(model, classifier, test_images, test_labels, numbers)
     checks = [(f"{name} correlation across digits {correlations[name]:.2f} (target ≥ {target})",
                correlations[name] >= target) for name, target in TARGET_CORRELATION.items()]
     checks.append((f"{NUMBER_LENGTH}-digit numbers read right {generated:.2%} (target ≥ {TARGET_NUMBERS_READ:.0%}; "
                    f"real test digits: {real:.2%})", generated >= TARGET_NUMBERS_READ))
     lines = ["## One hand", "",
-             f"{HANDS} hands (noise vectors, as the `digits` field draws them) each write 0-9; for each style measure, "
+             f"{hands} hands (noise vectors, as the `digits` field draws them) each write 0-9; for each style measure, "
              "the correlation over hands between two digits' values, averaged over the 45 pairs of digits (1: the "
              "hand decides the style; 0: each digit draws its own). Ink: mean intensity; slant: the ink's shear, "
              "cov(x, y) / var(y); width: the ink's standard deviation in x. Then "
-             f"{NUMBERS:,} random {NUMBER_LENGTH}-digit numbers, each written by one hand, read by the evaluation "
+             f"{numbers:,} random {NUMBER_LENGTH}-digit numbers, each written by one hand, read by the evaluation "
              "classifier: right when every digit is; beside the same numbers made of real test digits drawn at random.",
              "", "| style | ink | slant | width |", "|---|---:|---:|---:|",
              "| mean correlation across digits | " + " | ".join(f"{correlations[s]:.2f}" for s in STYLES) + " |",

@@ -232,7 +232,8 @@ def test_the_one_hand_section_measures_the_served_model_against_its_targets(setu
     from train.artifacts import load_run
 
     evaluator = setup[0]
-    text = section(load_run(tiny_run)[0], evaluator.classifier, evaluator.test_images, evaluator.test_labels)
+    text = section(load_run(tiny_run)[0], evaluator.classifier, evaluator.test_images, evaluator.test_labels,
+                   hands=100, numbers=300)
     assert text.startswith("## One hand\n")
     verdicts = [line for line in text.splitlines() if line.startswith(("- PASS: ", "- MISS: "))]
     assert [v.split(": ", 1)[1].split(" ")[0] for v in verdicts] == ["ink", "slant", "5-digit"]
