@@ -24,7 +24,8 @@ DIGITS ?=
 # else stops with one line per tool naming the command, before .venv/ is made.
 SYSTEM_TOOLS := java haproxy
 
-.PHONY: install prerequisites baseline train archive serve stop predict dataset demo test evaluate bench bench-train ablation clean kserve-bundle
+.PHONY: install prerequisites baseline train archive serve stop predict dataset demo test evaluate bench bench-train ablation clean kserve-bundle \
+	playground playground-install
 
 install: $(VENV)/.installed
 
@@ -35,6 +36,13 @@ prerequisites:
 $(VENV)/.installed: requirements.txt | prerequisites
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# The page's packages on first use, not in `make install`; with requirements.txt so one resolve keeps both's pins.
+playground-install: $(VENV)/.playground-installed
+
+$(VENV)/.playground-installed: requirements-playground.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-playground.txt
 	touch $@
 
 train: install
@@ -57,6 +65,11 @@ stop: install
 predict: install
 	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT)) \
 		$(if $(DIGITS),--digits $(DIGITS))
+
+# A page on 127.0.0.1 (it prints the URL) against `make serve`'s TorchServe, or one it starts and stops itself;
+# ARGS='--port N' if its port is taken.
+playground: install playground-install
+	$(PY) -m playground --model-store $(MODEL_STORE) $(ARGS)
 
 # A synthetic MNIST from the running server (make serve), in MNIST's IDX format: N training digits (60,000
 # unless N is given), N/6 test digits, under OUT/MNIST/raw (OUT: artifacts/dataset unless given).
