@@ -99,7 +99,9 @@ bench-train: install
 ablation: install
 	$(PY) -m experiments.ablation --data-dir $(DATA_DIR)
 
-test: install
+# The playground's test drives Debian's chromium: installed first as root, else one line naming the command.
+test: install playground-install
+	@$(PYTHON) -m scripts.prerequisites chromium
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest
 
 # Stops the server if there is a venv to stop it with (cleaning installs nothing), then deletes every run,
