@@ -110,7 +110,12 @@ def pixels(png: bytes) -> np.ndarray:
 def test_page_draws_what_the_api_draws_shows_its_errors_and_never_the_key(browser, playground):
     from playwright.sync_api import expect
 
+    from playground.app import ensure_server
+
     url, server = playground
+    running = server.pid()
+    assert ensure_server(TorchServe(server.workdir, server.model_store, server.config)) is False  # as with make serve
+    assert server.pid() == running
     context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
     context.add_init_script(RECORD_FETCHES)
     page = context.new_page()
