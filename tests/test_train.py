@@ -108,8 +108,9 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, data_dir):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-# A run long enough to interrupt mid-epoch (128 steps an epoch), short enough for the suite.
-RESUME_RUN = dict(preset="cdcgan", limit=2048, batch_size=16, epochs=2, seed=5, threads=1)
+# A run long enough to interrupt mid-epoch (32 steps an epoch, about a second), short enough for the suite.
+RESUME_RUN = dict(preset="cdcgan", limit=512, batch_size=16, epochs=2, seed=5, threads=1)
+STEPS_PER_EPOCH = RESUME_RUN["limit"] // RESUME_RUN["batch_size"]
 
 
 def _cli(data_dir: Path, out: Path) -> list[str]:
@@ -169,9 +170,8 @@ def test_interrupted_run_saves_mid_epoch_and_resumes_to_the_same_weights(signum,
     # this run's length and folder, not the default's
     assert f"continue with `make train EPOCHS={RESUME_RUN['epochs']} OUT={tmp_path} RESUME=1`" in stderr
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    steps_per_epoch = RESUME_RUN["limit"] // RESUME_RUN["batch_size"]
-    assert 0 < state["steps"] < RESUME_RUN["epochs"] * steps_per_epoch
-    assert state["epoch"] * steps_per_epoch + state["step_in_epoch"] == state["steps"]
+    assert 0 < state["steps"] < RESUME_RUN["epochs"] * STEPS_PER_EPOCH
+    assert state["epoch"] * STEPS_PER_EPOCH + state["step_in_epoch"] == state["steps"]
     assert not (tmp_path / "generator.pt").exists()
     run(_resume_config(data_dir, tmp_path), resume=True)
     resumed = _weights(tmp_path)
@@ -187,7 +187,7 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_weights(unin
     run(_resume_config(data_dir, tmp_path), resume=True)
     resumed = _weights(tmp_path)
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
-    assert json.loads((tmp_path / "generator.json").read_text())["steps"] == 2 * 128
+    assert json.loads((tmp_path / "generator.json").read_text())["steps"] == RESUME_RUN["epochs"] * STEPS_PER_EPOCH
 
 
 def test_a_run_killed_before_its_first_checkpoint_cannot_be_resumed_and_leaves_nothing(data_dir, tmp_path):
