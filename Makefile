@@ -99,10 +99,12 @@ bench-train: install
 ablation: install
 	$(PY) -m experiments.ablation --data-dir $(DATA_DIR)
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one, so a module's server starts once.
+TEST_WORKERS ?= 2
 # The playground's test drives Debian's chromium: installed first as root, else one line naming the command.
 test: install playground-install
 	@$(PYTHON) -m scripts.prerequisites chromium
-	DATA_DIR=$(DATA_DIR) $(PY) -m pytest
+	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Stops the server if there is a venv to stop it with (cleaning installs nothing), then deletes every run,
 # the tutorial baseline and the cached classifier included.

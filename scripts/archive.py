@@ -74,7 +74,11 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_config
             "--config-file", str(model_config),
             "--export-path", staging,
         ]
-        subprocess.run(command, check=True)
+        # The archiver stages files in $TMPDIR/<model name>, one folder for every run on the machine: two
+        # archives built at once (two tests, two users) would empty each other's. Each build gets its own.
+        private_tmp = Path(staging) / "tmp"
+        private_tmp.mkdir()
+        subprocess.run(command, check=True, env={**os.environ, "TMPDIR": str(private_tmp)})
         target = export_path / f"{MODEL_NAME}.mar"
         os.replace(Path(staging) / f"{MODEL_NAME}.mar", target)  # never a half-written .mar in the store
     return target

@@ -122,3 +122,17 @@ def test_an_archiver_failing_after_staging_keeps_the_previous_archive(tiny_run, 
     monkeypatch.setattr(scripts.archive.subprocess, "run", real_run)
     assert (store / "mnist_gan.mar").read_bytes() == before
     assert [p.name for p in store.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers
+
+
+def test_a_build_leaves_another_builds_staging_alone(tiny_run, tmp_path, monkeypatch):
+    """torch-model-archiver stages in $TMPDIR/<model name> and empties that folder first: with the machine's
+    TMPDIR, two archives built at once (two test processes, two users) empty each other's."""
+    shared = tmp_path / "tmp"
+    another = shared / "mnist_gan" / "generator.json"
+    another.parent.mkdir(parents=True)
+    another.write_text("another build's staged file")
+    monkeypatch.setenv("TMPDIR", str(shared))
+    archive = build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", tmp_path / "store")
+    assert another.read_text() == "another build's staged file"
+    with zipfile.ZipFile(archive) as packed:
+        assert {"generator.json", "generator.onnx", "request_contract.py", "generator.py"} <= set(packed.namelist())
