@@ -322,6 +322,11 @@ def test_a_stale_pid_file_naming_another_process_is_ignored_and_that_process_sur
     sleep_forever = [sys.executable, "-c", "import time; time.sleep(120)"]
     with subprocess.Popen(sleep_forever) as other, \
             subprocess.Popen([*sleep_forever, FRONTEND_CLASS.decode()]) as frontend_like:
+        # Popen returns once the child has begun exec, a moment before the kernel fills in its command line
+        # (seen under load); a real frontend writes its PID file long after that.
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{frontend_like.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:
             pid_file.write_text(str(other.pid))
             assert server.pid() is None and server.worker_pids() == []
