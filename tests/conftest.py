@@ -2,14 +2,22 @@
 session), the handler loaded from an unpacked archive by TorchServe's own worker code, and one real
 TorchServe serving the tiny archive for every test module that needs a running server."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from scripts import ROOT, read_model_config
 from scripts.archive import build_archive
 from scripts.server import TorchServe, _alive, free_ports
 from experiments.local_handler import LocalHandler, unpack_archive
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    # One test process per core (make test): a second thread each would only spin-wait for a core.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -22,15 +30,30 @@ def data_dir() -> Path:
     pytest.fail("MNIST not found: set DATA_DIR to a directory with MNIST/raw/ (e.g. DATA_DIR=../shared/data)")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, made by build(folder) once for the whole run: `make test` runs the test files in
+    several processes (pytest-xdist), and these runs and archives are read-only inputs they can share."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # each process's own folder sits in this run's: the same for all of them
+    folder = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not (shared / f"{name}.done").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a process that failed half-way left
+            folder.mkdir()
+            build(folder)
+            (shared / f"{name}.done").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, data_dir) -> Path:
     """A real (tiny) training run of the default preset: its output directory."""
     from train.config import make_config
     from train.train import run
 
-    out = tmp_path_factory.mktemp("tiny_run")
-    run(make_config("cdcgan", epochs=1, limit=256, batch_size=64, data_dir=str(data_dir), out_dir=str(out)))
-    return out
+    return built_once(tmp_path_factory, "tiny_run", lambda out: run(make_config(
+        "cdcgan", epochs=1, limit=256, batch_size=64, data_dir=str(data_dir), out_dir=str(out))))
 
 
 @pytest.fixture(scope="session")
@@ -39,17 +62,15 @@ def tiny_tutorial_run(tmp_path_factory, data_dir) -> Path:
     from train.config import make_config
     from train.train import run
 
-    out = tmp_path_factory.mktemp("tiny_tutorial")
-    run(make_config("tutorial", epochs=1, limit=64, data_dir=str(data_dir), out_dir=str(out)))
-    return out
+    return built_once(tmp_path_factory, "tiny_tutorial", lambda out: run(make_config(
+        "tutorial", epochs=1, limit=64, data_dir=str(data_dir), out_dir=str(out))))
 
 
 @pytest.fixture(scope="session")
 def tiny_store(tiny_run, tmp_path_factory) -> Path:
     """A model store holding the tiny run's real archive (mnist_gan.mar, with its ONNX export)."""
-    store = tmp_path_factory.mktemp("tiny_store")
-    build_archive(tiny_run / "generator.pt", tiny_run / "generator.json", store)
-    return store
+    return built_once(tmp_path_factory, "tiny_store", lambda store: build_archive(
+        tiny_run / "generator.pt", tiny_run / "generator.json", store))
 
 
 @pytest.fixture(scope="session")
