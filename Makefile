@@ -24,13 +24,16 @@ DIGITS ?=
 # else stops with one line per tool naming the command, before .venv/ is made.
 SYSTEM_TOOLS := java haproxy
 
-.PHONY: install prerequisites baseline train archive serve stop predict dataset demo test evaluate bench bench-train ablation clean kserve-bundle \
+.PHONY: install prerequisites test-prerequisites baseline train archive serve stop predict dataset demo test evaluate bench bench-train ablation clean kserve-bundle \
 	playground playground-install
 
 install: $(VENV)/.installed
 
 prerequisites:
 	@$(PYTHON) -m scripts.prerequisites $(SYSTEM_TOOLS)
+
+test-prerequisites:
+	@$(PYTHON) -m scripts.prerequisites $(SYSTEM_TOOLS) chromium
 
 # Order-only: the check runs at every `make install` (it takes a fraction of a second), before the venv.
 $(VENV)/.installed: requirements.txt | prerequisites
@@ -101,9 +104,8 @@ ablation: install
 
 # Test files run in TEST_WORKERS processes (pytest-xdist), each file whole in one, so a module's server starts once.
 TEST_WORKERS ?= 2
-# The playground's test drives Debian's chromium: installed first as root, else one line naming the command.
-test: install playground-install
-	@$(PYTHON) -m scripts.prerequisites chromium
+# The suite also drives Debian's chromium (the playground's test): checked with the rest before anything installs.
+test: test-prerequisites install playground-install
 	DATA_DIR=$(DATA_DIR) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Stops the server if there is a venv to stop it with (cleaning installs nothing), then deletes every run,

@@ -16,8 +16,8 @@ MAKE = shutil.which("make")
 PYTHON = os.path.realpath(sys.executable)
 
 
-def make_install_with_only(tmp_path: Path, tools: dict[str, str]) -> subprocess.CompletedProcess:
-    """`make install` into a new venv with a PATH that holds python3 and `tools` alone (name -> target or script):
+def make_install_with_only(tmp_path: Path, tools: dict[str, str], target: str = "install") -> subprocess.CompletedProcess:
+    """`make install` (or `target`) into a new venv with a PATH that holds python3 and `tools` alone (name -> target or script):
     no apt-get on it, so nothing can be installed and every missing tool must be named."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -28,7 +28,7 @@ def make_install_with_only(tmp_path: Path, tools: dict[str, str]) -> subprocess.
             (bin_dir / name).chmod(0o755)
         else:
             (bin_dir / name).symlink_to(target)
-    return subprocess.run([MAKE, "-C", str(ROOT), "install", f"VENV={tmp_path / 'venv'}", f"PYTHON={bin_dir / 'python3'}"],
+    return subprocess.run([MAKE, "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}", f"PYTHON={bin_dir / 'python3'}"],
                           env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
 
 
@@ -40,6 +40,16 @@ def test_missing_tools_are_named_with_their_install_command_before_a_venv_is_mad
         "java is missing (TorchServe's frontend runs on it): install it with `sudo apt-get install openjdk-17-jre-headless`",
         "haproxy is missing (the Kubernetes pods' proxy, which the deployment tests run): "
         "install it with `sudo apt-get install haproxy`"]
+    assert not (tmp_path / "venv").exists()
+
+
+def test_make_test_names_the_browser_too_before_installing_anything(tmp_path):
+    done = make_install_with_only(tmp_path, {}, target="test")
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("make")]
+    assert [line.split(" ")[0] for line in lines] == ["java", "haproxy", "chromium"]
+    assert lines[2] == ("chromium is missing (the browser that tests the playground page): "
+                        "install it with `sudo apt-get install chromium`")
     assert not (tmp_path / "venv").exists()
 
 
