@@ -17,17 +17,17 @@ PYTHON = os.path.realpath(sys.executable)
 
 
 def make_install_with_only(tmp_path: Path, tools: dict[str, str], target: str = "install") -> subprocess.CompletedProcess:
-    """`make install` (or `target`) into a new venv with a PATH that holds python3 and `tools` alone (name -> target or script):
+    """`make install` (or `target`) into a new venv with a PATH that holds python3 and `tools` alone (name -> path or script):
     no apt-get on it, so nothing can be installed and every missing tool must be named."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").symlink_to(PYTHON)
-    for name, target in tools.items():
-        if target.startswith("#!"):
-            (bin_dir / name).write_text(target)
+    for name, tool in tools.items():
+        if tool.startswith("#!"):
+            (bin_dir / name).write_text(tool)
             (bin_dir / name).chmod(0o755)
         else:
-            (bin_dir / name).symlink_to(target)
+            (bin_dir / name).symlink_to(tool)
     return subprocess.run([MAKE, "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}", f"PYTHON={bin_dir / 'python3'}"],
                           env={"PATH": str(bin_dir), "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
 
