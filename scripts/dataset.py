@@ -27,11 +27,12 @@ import requests
 from PIL import Image
 from tqdm import tqdm
 
+from handler.request_contract import MAX_COUNT, PNG_GAP
 from scripts import CONFIG, MODEL_NAME, ROOT, read_model_config, read_properties
 from scripts.predict import request_png
 
 DIGITS = "0123456789"
-HANDS_PER_REQUEST = 25  # 250 images: within the served limit of 256 images a request
+HANDS_PER_REQUEST = MAX_COUNT // len(DIGITS)  # each writing 0-9: within the served limit of images a request
 SPLITS = ("train", "t10k")  # MNIST's names for its training and test files
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # IDX: unsigned bytes, 3 and 1 dimensions
 
@@ -49,9 +50,10 @@ def requests_for(split: str, count: int, seed: int) -> list[dict]:
 
 
 def tiles(png: bytes, hands: int, length: int) -> np.ndarray:
-    """A number PNG's digits, hand by hand: hands*length x 28 x 28 uint8 (rows 2 pixels apart, digits abutting)."""
+    """A number PNG's digits, hand by hand: hands*length x 28 x 28 uint8 (rows PNG_GAP apart, digits abutting)."""
     pixels = np.asarray(Image.open(io.BytesIO(png)))
-    return np.stack([pixels[hand * 30:hand * 30 + 28, position * 28:(position + 1) * 28]
+    row = 28 + PNG_GAP
+    return np.stack([pixels[hand * row:hand * row + 28, position * 28:(position + 1) * 28]
                      for hand in range(hands) for position in range(length)])
 
 
