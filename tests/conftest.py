@@ -102,5 +102,6 @@ def server(tiny_store, tmp_path_factory) -> TorchServe:
     with TorchServe(tmp_path_factory.mktemp("torchserve"), tiny_store, ports=tuple(free_ports(4))) as ts:
         yield ts
         processes = [ts.pid(), *ts.worker_pids()]
-    assert len(processes) == 1 + read_model_config()["minWorkers"], processes  # the frontend and its workers
+    # The frontend and at least its workers (after the tests that kill workers, a replacement can still be starting).
+    assert len(processes) >= 1 + read_model_config()["minWorkers"], processes
     assert not [pid for pid in processes if _alive(pid)], "stop() left processes running"
