@@ -13,7 +13,6 @@ a stopped run leaves the previous data set (or none), never a half-written one.
 import argparse
 import gzip
 import io
-import json
 import random
 import shutil
 import struct
@@ -28,8 +27,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from handler.request_contract import MAX_COUNT, PNG_GAP
-from scripts import CONFIG, MODEL_NAME, ROOT, read_model_config, read_properties
-from scripts.predict import request_png
+from scripts import ROOT, read_model_config
+from scripts.predict import add_server_arguments, request_png, server_url_and_key
 
 DIGITS = "0123456789"
 HANDS_PER_REQUEST = MAX_COUNT // len(DIGITS)  # each writing 0-9: within the served limit of images a request
@@ -115,19 +114,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--test-count", type=int, help="test digits (default: count / 6, MNIST's 10,000 to 60,000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "dataset")
-    parser.add_argument("--url", help="the model's prediction URL (default: config.properties' inference address)")
-    parser.add_argument("--config", type=Path, default=CONFIG)
-    parser.add_argument("--key-file", type=Path, default=ROOT / "artifacts" / "serve" / "key_file.json",
-                        help="TorchServe's key_file.json (written into the server's working directory)")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     counts = {"train": args.count, "t10k": max(1, args.count // 6) if args.test_count is None else args.test_count}
     if min(counts.values()) < 1 or args.seed < 0:
         parser.error("the counts must be 1 or more, and the seed 0 or more")
-    url = args.url or f"{read_properties(args.config)['inference_address']}/predictions/{MODEL_NAME}"
-    try:
-        key = json.loads(args.key_file.read_text())["inference"]["key"]
-    except FileNotFoundError:
-        raise SystemExit(f"{args.key_file} not found: is the server running (`make serve`)?")
+    url, key = server_url_and_key(args)
     workers = read_model_config()["minWorkers"]
     images, labels = {}, {}
     try:

@@ -24,32 +24,42 @@ def request_png(url: str, key: str, body: dict, timeout: float = 30) -> bytes:
     return reply.content
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which running server to ask: --url, --config, --key-file."""
     parser.add_argument("--url", help="the model's prediction URL (default: config.properties' inference address)")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--key-file", type=Path, default=ROOT / "artifacts" / "serve" / "key_file.json",
                         help="TorchServe's key_file.json (written into the server's working directory)")
+
+
+def server_url_and_key(args: argparse.Namespace) -> tuple[str, str]:
+    """The prediction URL and inference key that add_server_arguments' options name; exits if no server wrote a key."""
+    url = args.url or f"{read_properties(args.config)['inference_address']}/predictions/{MODEL_NAME}"
+    try:
+        return url, json.loads(args.key_file.read_text())["inference"]["key"]
+    except FileNotFoundError:
+        raise SystemExit(f"{args.key_file} not found: is the server running (`make serve`)?")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_server_arguments(parser)
     parser.add_argument("--count", type=int, default=16)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--digit", type=int)
     parser.add_argument("--digits", help="a number each of the --count hands writes, e.g. 02139")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "predictions.png")
     args = parser.parse_args(argv)
-    args.url = args.url or f"{read_properties(args.config)['inference_address']}/predictions/{MODEL_NAME}"
-    try:
-        key = json.loads(args.key_file.read_text())["inference"]["key"]
-    except FileNotFoundError:
-        raise SystemExit(f"{args.key_file} not found: is the server running (`make serve`)?")
+    url, key = server_url_and_key(args)
     try:
         fields = {"count": args.count, "seed": args.seed, "digit": args.digit, "digits": args.digits}
-        png = request_png(args.url, key, {name: value for name, value in fields.items() if value is not None})
+        png = request_png(url, key, {name: value for name, value in fields.items() if value is not None})
     except (RuntimeError, requests.RequestException) as error:
         raise SystemExit(f"predict: {error}")
     with atomic_path(args.out) as tmp:
         tmp.write_bytes(png)
     what = f"{args.count} hand(s) writing {args.digits}" if args.digits else f"{args.count} digits"
-    print(f"{what} from {args.url} saved to {args.out}", file=sys.stderr)
+    print(f"{what} from {url} saved to {args.out}", file=sys.stderr)
     print(args.out)
 
 
