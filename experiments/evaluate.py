@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from handler.generator import Generator, checked_noise_std, sample_latent
 from train import artifacts
-from experiments.classifier import FEATURES, MnistClassifier
+from experiments.classifier import FEATURES, MnistClassifier, predict
 from experiments import one_hand
 from experiments.report import table, write_section
 from train.config import ADDED_SETTINGS, make_config, settings_unknown_here
@@ -123,11 +123,6 @@ def balanced_subset(images: torch.Tensor, labels: torch.Tensor, per_digit: int, 
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     picked = torch.cat([order[labels[order] == d][:per_digit] for d in range(10)])
     return images[picked], labels[picked]
-
-
-@torch.inference_mode()
-def predict(model: MnistClassifier, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
 
 
 def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ numbers put together from real test digits drawn at random.
 """
 import torch
 
-from experiments.classifier import MnistClassifier
+from experiments.classifier import MnistClassifier, predict
 from handler.generator import Generator, sample_noise
 
 HANDS = 400
@@ -58,10 +58,9 @@ def hand_correlations(model: Generator, hands: int = HANDS, seed: int = 0) -> di
     return {name: mean_correlation_across_digits(values.view(hands, -1)) for name, values in measures.items()}
 
 
-@torch.inference_mode()
 def read_right(classifier: MnistClassifier, images: torch.Tensor, digits: torch.Tensor) -> float:
     """The fraction of numbers (N x L images of N x L digits) whose every digit the classifier reads right."""
-    read = torch.cat([classifier(chunk).argmax(1) for chunk in images.flatten(0, 1).split(1000)])
+    read = predict(classifier, images.flatten(0, 1))
     return (read.view(digits.shape) == digits).all(1).float().mean().item()
 
 
