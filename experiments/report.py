@@ -37,16 +37,14 @@ def write_section(path: Path, title: str, command: str, section: str) -> None:
     if not old:
         write_page(path, title, command, section)
         return
-    if heading not in old:
-        cut = old.index(NOTES) if NOTES in old else len(old)
-        text = old[:cut].rstrip() + "\n\n" + section.rstrip() + "\n" + ("\n" + old[cut:] if cut < len(old) else "")
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
-        return
-    start = old.index(heading)
-    rest = old[start + len(heading):]
-    cut = min(i for i in (rest.find("\n## "), rest.find(NOTES), len(rest)) if i >= 0)  # where the section ends
-    tail = rest[cut:].lstrip("\n")
-    text = old[:start] + section.rstrip() + "\n" + (f"\n{tail}" if tail else "")
+    if heading in old:
+        start = old.index(heading)
+        rest = old[start + len(heading):]
+        cut = min(i for i in (rest.find("\n## "), rest.find(NOTES), len(rest)) if i >= 0)  # where the section ends
+        before, tail = old[:start], rest[cut:].lstrip("\n")
+    else:  # a new section goes last, before the hand-written notes
+        at = old.index(NOTES) if NOTES in old else len(old)
+        before, tail = old[:at].rstrip() + "\n\n", old[at:]
+    text = before + section.rstrip() + "\n" + (f"\n{tail}" if tail else "")
     with atomic_path(path) as tmp:
         tmp.write_text(text)
