@@ -7,7 +7,10 @@ PYTHON ?= python3
 # MNIST: data/ (torchvision downloads it there when online); offline, ../shared/data if it has it.
 DATA_DIR ?= $(if $(wildcard data/MNIST/raw/*),data,$(if $(wildcard ../shared/data/MNIST/raw/*),../shared/data,data))
 PRESET ?= cdcgan
-OUT ?= artifacts
+# Each target's variables mean the same whether given on the command line or in the environment: the targets
+# whose defaults differ (N: 16 digits to predict, 60,000 for a data set; OUT: a run, or a data set) apply them
+# where they use them, so neither has a default here. RUN_DIR: the run that train writes and archive and bench read.
+RUN_DIR = $(or $(OUT),artifacts)
 # where `make archive` puts the .mar and `make serve` serves it from
 MODEL_STORE ?= model_store
 EPOCHS ?=
@@ -15,7 +18,6 @@ EPOCHS ?=
 LIMIT ?=
 DEVICE ?= auto
 RESUME ?=
-N ?= 16
 SEED ?=
 DIGIT ?=
 DIGITS ?=
@@ -49,7 +51,7 @@ $(VENV)/.playground-installed: requirements-playground.txt $(VENV)/.installed
 	touch $@
 
 train: install
-	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) --out-dir $(OUT) \
+	$(PY) -m train --preset $(PRESET) --data-dir $(DATA_DIR) --device $(DEVICE) --out-dir $(RUN_DIR) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(LIMIT),--limit $(LIMIT)) $(if $(RESUME),--resume)
 
 # The tutorial recipe, the baseline of `make evaluate` and `make bench-train` (batch size 1: slow; docs/training.md).
@@ -57,7 +59,7 @@ baseline: install
 	$(MAKE) train PRESET=tutorial OUT=artifacts/presets/tutorial $(if $(RESUME),RESUME=1)
 
 archive: install
-	$(PY) -m scripts.archive --weights $(OUT)/generator.pt --metadata $(OUT)/generator.json --export-path $(MODEL_STORE)
+	$(PY) -m scripts.archive --weights $(RUN_DIR)/generator.pt --metadata $(RUN_DIR)/generator.json --export-path $(MODEL_STORE)
 
 serve: install
 	$(PY) -m scripts.server start --model-store $(MODEL_STORE)
@@ -66,7 +68,7 @@ stop: install
 	$(PY) -m scripts.server stop
 
 predict: install
-	$(PY) -m scripts.predict --count $(N) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT)) \
+	$(PY) -m scripts.predict --count $(or $(N),16) $(if $(SEED),--seed $(SEED)) $(if $(DIGIT),--digit $(DIGIT)) \
 		$(if $(DIGITS),--digits $(DIGITS))
 
 # A page on 127.0.0.1 (it prints the URL) against `make serve`'s TorchServe, or one it starts and stops itself;
@@ -77,8 +79,7 @@ playground: install playground-install
 # A synthetic MNIST from the running server (make serve), in MNIST's IDX format: N training digits (60,000
 # unless N is given), N/6 test digits, under OUT/MNIST/raw (OUT: artifacts/dataset unless given).
 dataset: install
-	$(PY) -m scripts.dataset --count $(if $(filter command line,$(origin N)),$(N),60000) --seed $(or $(SEED),0) \
-		--out $(if $(filter command line,$(origin OUT)),$(OUT),artifacts/dataset)
+	$(PY) -m scripts.dataset --count $(or $(N),60000) --seed $(or $(SEED),0) --out $(or $(OUT),artifacts/dataset)
 
 # Set-up, a one-epoch training, archive, serve, one request, the picture, and the server stopped again.
 # The demo's model and archive stay in artifacts/demo, so a real model and its model_store/ archive are kept.
@@ -94,7 +95,7 @@ evaluate: install
 	$(PY) -m experiments.evaluate --data-dir $(DATA_DIR) --out-dir artifacts --docs-dir docs $(ARGS)
 
 bench: install
-	$(PY) -m experiments.bench --run-dir $(OUT) $(ARGS)
+	$(PY) -m experiments.bench --run-dir $(RUN_DIR) $(ARGS)
 
 bench-train: install
 	$(PY) -m experiments.bench_train --data-dir $(DATA_DIR)

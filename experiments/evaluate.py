@@ -33,7 +33,7 @@ from torchmetrics.image.inception import InceptionScore
 from tqdm import tqdm
 
 from handler.generator import Generator, checked_noise_std, sample_latent
-from train import artifacts
+from train import artifacts, files
 from experiments.classifier import FEATURES, MnistClassifier, predict
 from experiments import one_hand
 from experiments.report import table, write_section
@@ -141,7 +141,7 @@ def load_or_train_classifier(path: Path, data_dir: str | Path) -> tuple[MnistCla
     if test_accuracy < CLASSIFIER_MIN_ACCURACY:
         raise RuntimeError(f"the classifier reached only {test_accuracy:.4f} test accuracy (< {CLASSIFIER_MIN_ACCURACY})")
     artifacts.save_torch(model.state_dict(), path)
-    artifacts.save_json(dict(test_accuracy=test_accuracy, train_seconds=round(time.perf_counter() - started, 1),
+    files.save_json(dict(test_accuracy=test_accuracy, train_seconds=round(time.perf_counter() - started, 1),
                              trained_on="MNIST training split (60,000)"), meta_path)
     return model, test_accuracy
 
@@ -519,7 +519,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             if default.cas_predicted is not None and missed_picture(evaluator, default, rows[0], out / "cas_misses.png"):
                 pictures.append(out / "cas_misses.png")
             for picture in pictures:  # drawn once, published beside the page
-                with artifacts.atomic_path(args.docs_dir / picture.name) as tmp:
+                with files.atomic_path(args.docs_dir / picture.name) as tmp:
                     shutil.copyfile(picture, tmp)
     results = format_table(rows, evaluator.real_pairwise)
     report = ["# Quality report", "",
@@ -556,7 +556,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         report += ["## Notes on the rows", "", *notes, ""]
     text = "\n".join(report) + "\n"
     for path in (out / "report.md", args.docs_dir / "quality.md"):
-        with artifacts.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             tmp.write_text(text)
     print(text)
     written = [args.docs_dir / "quality.md", *(args.docs_dir / picture.name for picture in pictures), out / "report.md"]

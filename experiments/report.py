@@ -2,7 +2,7 @@
 from pathlib import Path
 from typing import Iterable
 
-from train.artifacts import atomic_path
+from train.files import atomic_path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -14,9 +14,10 @@ import onnxruntime
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from generator import METADATA_FILE, ONNX_FILE, Generator, onnx_feeds, sample_latent, sample_noise
+from generator import METADATA_FILE, ONNX_FILE, Generator, find_hand, onnx_feeds, sample_latent, sample_noise
 from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, adapt_kservev2_envelope,
-                              encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error)
+                              encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error,
+                              v2_outputs)
 
 logger = logging.getLogger(__name__)
 
@@ -121,23 +122,39 @@ class DigitGANHandler(BaseHandler):
         return header(headers, "content-type")
 
     @torch.inference_mode()
-    def generate(self, request: GenerationRequest) -> np.ndarray:
-        """count x 28 x 28 float32 images, or count x len(digits) x 28 x 28 for a number; the same request gives
-        bit-identical images.
+    def generate(self, request: GenerationRequest) -> tuple[np.ndarray, dict]:
+        """count x 28 x 28 float32 images, or count x len(digits) x 28 x 28 for a number, and the answer's other
+        fields (with a hand: the upload as prepared, the model's copy of it and their mean squared error); the
+        same request gives bit-identical images.
 
         Each request gets its own forward pass: the same inputs in a differently shaped
         batch differ in the last bits, which rounding can expose.
         """
+        if request.hand is not None:
+            return self._write_in_hand(request)
         # One reseeded generator, not a new one per request: a count=1 request is mostly
         # per-call overhead, paid with cold caches.
         rng = self.rng.manual_seed(request.seed)
         if request.digits is None:
-            return self._draw(*sample_latent(self.model, request.count, rng, request.digit)).round(DECIMALS)
+            return self._draw(*sample_latent(self.model, request.count, rng, request.digit)).round(DECIMALS), {}
         # A number: hand i is the seed's i-th noise vector. Each distinct digit is drawn for every hand in one
         # pass shaped as a {"digit": d} request's, so hand i's d is that request's image i, bit for bit.
-        hands = sample_noise(self.model, request.count, rng)
-        drawn = {d: self._draw(hands, torch.full((request.count,), int(d))) for d in set(request.digits)}
-        return np.stack([drawn[d] for d in request.digits], axis=1).round(DECIMALS)
+        return self._write(sample_noise(self.model, request.count, rng), request.digits), {}
+
+    def _write(self, hands: torch.Tensor, number: str) -> np.ndarray:
+        """hands x len(number) x 28 x 28: each hand (noise vector) writing the number, rounded to DECIMALS."""
+        drawn = {d: self._draw(hands, torch.full((len(hands),), int(d))) for d in set(number)}
+        return np.stack([drawn[d] for d in number], axis=1).round(DECIMALS)
+
+    def _write_in_hand(self, request: GenerationRequest) -> tuple[np.ndarray, dict]:
+        """The number written by the hand found from the uploaded digit (GAN inversion, in PyTorch: ONNX Runtime
+        computes no gradients), with the upload as prepared, the model's copy and their mean squared error."""
+        upload = torch.from_numpy(request.hand.image)
+        hand = find_hand(self.model, upload, request.hand.digit).unsqueeze(0)
+        images = self._write(hand, request.digits)
+        copy = self._draw(hand, torch.full((1,), request.hand.digit))[0].round(DECIMALS)
+        error = float(np.mean((copy.astype(np.float64) - request.hand.image) ** 2))
+        return images, {"hand": {"image": request.hand.image.round(DECIMALS), "copy": copy, "error": round(error, 6)}}
 
     def _draw(self, noise: torch.Tensor, labels: Optional[torch.Tensor]) -> np.ndarray:
         """The generator's images for these inputs, N x 28 x 28 float32."""
@@ -148,16 +165,17 @@ class DigitGANHandler(BaseHandler):
             images = self.model(noise.to(self.device), labels).cpu().numpy()
         return images.reshape(-1, 28, 28)
 
-    def inference(self, requests: list) -> list[Union[tuple[np.ndarray, str], BadRequest]]:
-        return [r if isinstance(r, BadRequest) else (self.generate(r), r.answer_type) for r in requests]
+    def inference(self, requests: list) -> list[Union[tuple[np.ndarray, dict, str], BadRequest]]:
+        return [r if isinstance(r, BadRequest) else (*self.generate(r), r.answer_type) for r in requests]
 
     def postprocess(self, outputs: list) -> list:
         if self.v2:  # the envelope writes the v2 response; it names outputs after context.input_names
             if isinstance(outputs[0], BadRequest):
                 return [v2_error(self.context, str(outputs[0]), outputs[0].status)]
-            self.context.input_names = [V2_OUTPUT]
-            images, _ = outputs[0]
-            return [images.astype(np.float64).round(DECIMALS)]  # see request_contract: why FP64
+            images, fields, _ = outputs[0]
+            tensors = v2_outputs(images, fields)
+            self.context.input_names = list(tensors)
+            return list(tensors.values())  # the envelope's outputs, one per name
         responses = []
         for idx, output in enumerate(outputs):  # each request gets its own status and format
             if isinstance(output, BadRequest):
@@ -165,7 +183,7 @@ class DigitGANHandler(BaseHandler):
                 self.context.set_response_content_type(idx, JSON_TYPE)
                 responses.append(error_body(str(output), output.status))
             else:
-                images, answer_type = output
+                images, fields, answer_type = output
                 self.context.set_response_content_type(idx, answer_type)
-                responses.append(encode_answer(images, answer_type))
+                responses.append(encode_answer(images, answer_type, fields))
         return responses

@@ -22,7 +22,8 @@ import torch
 
 from scripts import HANDLER_DIR, MODEL_CONFIG, MODEL_NAME
 from handler.generator import METADATA_FILE, ONNX_FILE, ONNX_INPUTS, Generator, onnx_feeds, sample_latent
-from train.artifacts import atomic_path, load_generator
+from train.artifacts import load_generator
+from train.files import atomic_path
 
 # ONNX Runtime's kernels sum in another order than PyTorch's, so the two differ in the last bits;
 # anything as large as the contract's rounding step means the export went wrong.

@@ -12,7 +12,7 @@ from typing import Optional
 import requests
 
 from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
-from train.artifacts import atomic_path
+from train.files import write_bytes
 
 
 def request_png(url: str, key: str, body: dict, timeout: float = 30) -> bytes:
@@ -56,8 +56,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         png = request_png(url, key, {name: value for name, value in fields.items() if value is not None})
     except (RuntimeError, requests.RequestException) as error:
         raise SystemExit(f"predict: {error}")
-    with atomic_path(args.out) as tmp:
-        tmp.write_bytes(png)
+    write_bytes(png, args.out)
     what = f"{args.count} hand(s) writing {args.digits}" if args.digits else f"{args.count} digits"
     print(f"{what} from {url} saved to {args.out}", file=sys.stderr)
     print(args.out)

@@ -264,7 +264,7 @@ def test_training_draws_standard_noise_and_records_the_serving_spread(tiny_run):
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    from train.artifacts import atomic_path
+    from train.files import atomic_path
 
     target = tmp_path / "generator.json"
     target.write_text("good")

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from handler.generator import Generator, sample_latent
-from train import artifacts
+from train import artifacts, files
 from train.config import DEFAULT_PRESET, PRESETS, TrainConfig, make_config, saved_config
 from train.data import MnistMissing, data_checksum, load_mnist
 from train.discriminator import Discriminator
@@ -285,7 +285,7 @@ class Trainer:
         if not self.history:
             return
         frame = pd.DataFrame(self.history)
-        with artifacts.atomic_path(self.out_dir / "losses.csv") as tmp:
+        with files.atomic_path(self.out_dir / "losses.csv") as tmp:
             frame.to_csv(tmp, index=False)
         # Drawn like the tutorial's plot_progress: every record as a faint dot.
         axes = frame.plot(x="epoch", y=["d_loss", "g_loss"], figsize=(12, 6), alpha=0.3, marker=".",
@@ -345,7 +345,7 @@ class Trainer:
     def save_final(self, data_dir: str, train_images: int) -> None:
         served = copy.deepcopy(self.served_generator()).cpu()
         artifacts.save_torch(served.state_dict(), self.out_dir / "generator.pt")
-        artifacts.save_json(self.metadata(data_dir, train_images), self.out_dir / "generator.json")
+        files.save_json(self.metadata(data_dir, train_images), self.out_dir / "generator.json")
         artifacts.image_grid(self.samples(), 10, self.out_dir / "samples.png", title=f"{self.config.preset}: samples")
         self.save_losses()
 
