@@ -45,6 +45,7 @@ import base64
 import io
 import math
 import secrets
+import struct
 from http import HTTPStatus
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -328,11 +329,14 @@ def prepare_png(data: bytes) -> np.ndarray:
     """A PNG of one digit as MNIST's digits were made: its ink (on a transparent canvas the alpha; dark ink on
     light paper inverted), cropped to the ink, its longest side scaled to 20 px, centered by its center of mass
     in 28 x 28, the strongest ink 1. BadRequest if it is not a PNG this can read."""
+    if data[12:16] == b"IHDR":  # the size, read from the header before anything is decoded
+        width, height = struct.unpack(">II", data[16:24])
+        if max(width, height) > MAX_PNG_SIDE:
+            raise BadRequest(f"'hand'.'image' is {width}x{height} pixels: at most {MAX_PNG_SIDE} a side")
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            width, height = image.size
-            if max(width, height) > MAX_PNG_SIDE:
-                raise BadRequest(f"'hand'.'image' is {width}x{height} pixels: at most {MAX_PNG_SIDE} a side")
+            if max(image.size) > MAX_PNG_SIDE:  # a header the check above could not read
+                raise BadRequest(f"'hand'.'image' is {image.size[0]}x{image.size[1]} pixels: at most {MAX_PNG_SIDE} a side")
             image.load()
             ink = _ink(image)
     except BadRequest:

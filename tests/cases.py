@@ -2,10 +2,14 @@
 
 Each bad case: (id, raw body bytes, Content-Type header or None, text the 400 message must contain).
 """
+import base64
 import io
 import math
+import struct
+import zlib
 
 import numpy as np
+import orjson
 import torch
 from PIL import Image
 
@@ -152,3 +156,91 @@ def grid_size(count: int, gap: int = 2) -> tuple[int, int]:
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
     return rows * 28 + (rows - 1) * gap, columns * 28 + (columns - 1) * gap
+
+
+# --- a hand: {"hand": {"image": ..., "digit": d}} -------------------------------------------------
+def stroke(thickness: int = 3, shear: float = 0.2) -> np.ndarray:
+    """A 28 x 28 "1" with a flag, leaning `shear` pixels right per row up, white on black, in [0, 1]: an upload's
+    digit. Not symmetric top to bottom: its center of mass falls inside a pixel, not on a tie between two."""
+    image = np.zeros((28, 28), np.float32)
+    for row in range(4, 24):
+        left = round(13 + shear * (14 - row))
+        image[row, left:left + thickness] = 1.0
+    image[5:7, left - 3:left] = 1.0  # the flag, on the left of the top
+    return image
+
+
+def png_base64(pixels: np.ndarray, mode: str = "L") -> str:
+    """A uint8 array as a base64 PNG in `mode` (L, RGB, RGBA, LA ...)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def png_with_header(width: int, height: int) -> str:
+    """A base64 PNG whose header claims width x height 1-bit pixels, all white: a decompression bomb when large
+    (the file is a few kB; decoded, it is width x height bytes)."""
+    row = b"\x00" + b"\xff" * math.ceil(width / 8)  # each row: filter byte 0, then the row's bits
+    compressor = zlib.compressobj(9)
+    data = b"".join([compressor.compress(row * 1000) for _ in range(height // 1000)]
+                    + [compressor.compress(row * (height % 1000)), compressor.flush()])
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+def hand_body(image, shows: int = 1, **fields) -> bytes:
+    """A request body with a hand: `image` showing the digit `shows`, and any other `fields`."""
+    return orjson.dumps({"hand": {"image": image, "digit": shows}, **fields}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+STROKE = stroke()
+DARK_ON_LIGHT = png_base64(np.kron(255 - np.rint(255 * STROKE), np.ones((10, 10))).astype(np.uint8))
+HAND_GOOD = [  # (body, the answer's shape before 28 x 28)
+    (hand_body(STROKE), (1, 10)),  # no digit nor digits: 0 to 9
+    (hand_body(STROKE, digits="2026"), (1, 4)),
+    (hand_body(STROKE, digit=7), (1, 1)),
+    (hand_body(STROKE.tolist(), count=1, digits="0"), (1, 1)),
+    (hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="12"), (1, 2)),
+]
+_ROW = [0.0] * 28
+HAND_BAD = [  # (id, body, text the 400 message must contain)
+    ("hand-not-an-object", b'{"hand": 3}', "'hand' must be an object {\"image\": ..., \"digit\": 0-9}, got int"),
+    ("hand-null", b'{"hand": null}', "'hand' must be an object"),
+    ("hand-unknown-key", hand_body(STROKE)[:-2] + b', "size": 28}}', "unknown field(s) in 'hand': 'size'"),
+    ("hand-no-image", b'{"hand": {"digit": 3}}', "'hand' needs 'image'"),
+    ("hand-no-digit", orjson.dumps({"hand": {"image": STROKE.tolist()}}), "'hand' needs 'digit'"),
+    ("hand-digit-ten", hand_body(STROKE, shows=10), "'hand'.'digit' must be an integer from 0 to 9, got 10"),
+    ("hand-digit-string", hand_body(STROKE, shows="3"), "'hand'.'digit' must be an integer from 0 to 9, got str"),
+    ("hand-image-number", hand_body(5), "'hand'.'image' must be a 28x28 array of numbers in [0, 1] or a base64 PNG, got int"),
+    ("hand-27-rows", hand_body([_ROW] * 27), "'hand'.'image' must be 28 rows of 28 numbers, got 27 rows"),
+    ("hand-row-of-27", hand_body([_ROW] * 27 + [_ROW[:27]]), "got 28 rows of 27, 28 values"),
+    ("hand-flat-784", hand_body(_ROW * 28), "'hand'.'image' must be 28 rows of 28 numbers, got 784 rows, not all of them arrays"),
+    ("hand-above-one", hand_body([_ROW] * 5 + [_ROW[:7] + [1.5] + _ROW[8:]] + [_ROW] * 22),
+     "'hand'.'image' must hold numbers in [0, 1]: row 5, column 7 is 1.5"),
+    ("hand-negative", hand_body([[-0.1] + _ROW[1:]] + [_ROW] * 27), "row 0, column 0 is -0.1"),
+    ("hand-string-value", hand_body([["0"] + _ROW[1:]] + [_ROW] * 27), "row 0, column 0 is str"),
+    ("hand-bool-value", hand_body([[True] + _ROW[1:]] + [_ROW] * 27), "row 0, column 0 is bool"),
+    ("hand-null-value", hand_body([[None] + _ROW[1:]] + [_ROW] * 27), "row 0, column 0 is null"),
+    # JSON has no NaN, but TorchServe's worker parses the body with Python's json, which reads one
+    ("hand-nan", hand_body([_ROW] * 2 + [[0.0] * 3 + ["NAN"] + [0.0] * 24] + [_ROW] * 25).replace(b'"NAN"', b"NaN"),
+     "'hand'.'image' must hold numbers in [0, 1]: row 2, column 3 is nan"),
+    ("hand-infinity", hand_body([["INF"] + _ROW[1:]] + [_ROW] * 27).replace(b'"INF"', b"Infinity"), "column 0 is inf"),
+    ("hand-blank-array", hand_body([_ROW] * 28), "nothing is drawn in 'hand'.'image'"),
+    ("hand-faint-array", hand_body(np.full((28, 28), 0.09)), "nothing is drawn"),
+    ("hand-bad-base64", hand_body("not base64!"), "'hand'.'image' is neither a 28x28 array nor valid base64"),
+    ("hand-base64-of-a-gif", hand_body(base64.b64encode(b"GIF89a" + bytes(40)).decode()), "not of a PNG file"),
+    ("hand-truncated-png", hand_body(DARK_ON_LIGHT[:200]), "'hand'.'image' is not a PNG that can be read"),
+    ("hand-data-url-not-base64", hand_body("data:image/png," + DARK_ON_LIGHT), "data:image/png;base64,"),
+    ("hand-png-4097-wide", hand_body(png_with_header(4097, 1)), "'hand'.'image' is 4097x1 pixels: at most 4096 a side"),
+    ("hand-decompression-bomb", hand_body(png_with_header(12_000, 12_000)), "is 12000x12000 pixels: at most 4096"),
+    ("hand-blank-png", hand_body(png_base64(np.full((50, 40), 255, np.uint8))), "nothing is drawn"),
+    ("hand-transparent-png", hand_body(png_base64(np.zeros((30, 30, 4), np.uint8), "RGBA")), "nothing is drawn"),
+    ("hand-count-3", hand_body(STROKE, count=3), "'count' must be 1 with 'hand' (there is one hand: the one in the image), got 3"),
+    ("hand-seed", hand_body(STROKE, seed=7), "'seed' does not go with 'hand'"),
+    ("hand-digit-and-digits", hand_body(STROKE, digit=3, digits="12"), "give 'digit' (every image that digit) or 'digits'"),
+]

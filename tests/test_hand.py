@@ -1,0 +1,198 @@
+"""The `hand` field in-process: an upload prepared as MNIST's digits were (request_contract), the hand found from
+it (generator.find_hand), and the handler's answers, loaded from the real archive by TorchServe's worker code."""
+import base64
+import io
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from PIL import Image
+
+from cases import (DARK_ON_LIGHT, HAND_BAD, HAND_GOOD, JSON, PNG, RUNTIME_AND_ROUNDING, STROKE, decode_png,
+                   hand_body, number_rows_size, png_base64, stroke)
+from handler.generator import HAND_CANDIDATES, HAND_SEED, find_hand, sample_noise
+from handler.request_contract import BadRequest, mnist_box, prepare_png
+from experiments.one_hand import style_measures
+
+
+def prepared(image_b64: str) -> np.ndarray:
+    return prepare_png(base64.b64decode(image_b64))
+
+
+def center_of_mass(image: np.ndarray) -> tuple[float, float]:
+    rows = np.arange(image.shape[0])
+    return ((image.sum(1) * rows).sum() / image.sum(), (image.sum(0) * rows).sum() / image.sum())
+
+
+# --- an upload, prepared as MNIST prepared its digits ------------------------------------------------
+
+def on_paper(ink: np.ndarray, scale: int = 10, light=(0.60, 0.95)) -> np.ndarray:
+    """`ink` (white on black, [0, 1]) enlarged `scale` times as dark ink on paper lit unevenly from left to right
+    (a shadow over one side)."""
+    big = np.kron(ink, np.ones((scale, scale)))
+    paper = np.linspace(*light, big.shape[1])[None, :].repeat(big.shape[0], 0)
+    return np.rint(255 * paper * (1 - big)).astype(np.uint8)
+
+
+def test_a_photo_of_dark_ink_on_unevenly_lit_paper_is_prepared_as_its_white_on_black_digit():
+    photo = prepared(png_base64(on_paper(STROKE)))
+    assert photo.shape == (28, 28) and photo.dtype == np.float32 and photo.max() == 1.0
+    assert np.abs(photo - mnist_box(STROKE)).max() < 0.1  # the paper's light is gone, the ink is the ink
+    assert np.allclose(center_of_mass(photo), (14, 14), atol=0.5)  # MNIST's centering
+    rows, columns = np.nonzero(photo > 0.2)
+    assert rows.max() - rows.min() + 1 == 20  # the longest side fits MNIST's 20-pixel box
+
+
+def test_every_way_of_sending_the_same_drawing_prepares_alike():
+    pixels = np.rint(255 * STROKE).astype(np.uint8)
+    ways = {
+        "white on black": png_base64(pixels),
+        "rgb": png_base64(np.stack([pixels] * 3, axis=-1), "RGB"),
+        # a transparent canvas (Gradio's sketchpad): black strokes, and the alpha is the ink
+        "transparent canvas": png_base64(np.dstack([np.zeros((28, 28, 3), np.uint8), pixels]), "RGBA"),
+        "dark on white": png_base64(255 - pixels),
+        "16-bit": base64.b64encode(_png16(pixels.astype(np.uint16) * 257)).decode(),
+        "large photo": png_base64(np.pad(on_paper(STROKE, scale=40, light=(0.8, 0.8)), 600, constant_values=204)),
+    }
+    reference = mnist_box(STROKE)
+    for name, image in ways.items():
+        assert np.abs(prepared(image) - reference).max() < 0.12, name
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")  # uint16: a 16-bit grayscale PNG
+    return buffer.getvalue()
+
+
+def test_a_wide_digit_fits_its_width_into_the_box_and_keeps_its_shape():
+    bar = np.zeros((60, 200), np.float32)
+    bar[25:35, 10:190] = 1.0  # 180 x 10: a dash
+    image = mnist_box(bar)
+    rows, columns = np.nonzero(image > 0.5)
+    assert columns.max() - columns.min() + 1 == 20 and rows.max() - rows.min() + 1 <= 2
+
+
+def test_a_digit_touching_the_edge_of_the_paper_is_still_ink():
+    pixels = on_paper(np.pad(STROKE[4:24], ((0, 8), (0, 0))))  # the stroke starts on the top edge
+    image = prepared(png_base64(pixels))
+    assert image.max() == 1.0 and (image > 0.5).sum() > 20
+
+
+def test_a_png_is_refused_before_it_is_decoded_when_too_large(monkeypatch):
+    def never(*args):
+        raise AssertionError("decoded a PNG that was too large")
+
+    too_wide = base64.b64decode(png_base64(np.zeros((10, 4097), np.uint8)))
+    monkeypatch.setattr(Image.Image, "load", never)
+    with pytest.raises(BadRequest, match="4097x10 pixels: at most 4096 a side"):
+        prepare_png(too_wide)
+
+
+# --- the search: generator.find_hand ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model(handler_client):
+    return handler_client.handler.model
+
+
+def test_a_drawn_digit_finds_a_hand_that_copies_it_far_better_than_random_hands(model):
+    rng = torch.Generator().manual_seed(4)
+    for digit in (0, 3, 8):
+        hand = sample_noise(model, 1, rng)
+        with torch.inference_mode():
+            drawn = model(hand, torch.full((1,), digit))[0, 0]
+            random_hands = sample_noise(model, 256, torch.Generator().manual_seed(99))
+            random_errors = ((model(random_hands, torch.full((256,), digit))[:, 0] - drawn) ** 2).mean((1, 2))
+        found = find_hand(model, drawn, digit)
+        assert found.shape == (model.latent_dim,)
+        assert found.norm().item() == pytest.approx(model.noise_std * model.latent_dim ** 0.5, rel=1e-4)
+        with torch.inference_mode():
+            copy = model(found[None], torch.full((1,), digit))[0, 0]
+        assert ((copy - drawn) ** 2).mean() < 0.2 * random_errors.min(), digit
+
+
+def test_the_search_is_the_same_under_inference_mode_and_repeats_bit_for_bit(model):
+    with torch.inference_mode():
+        first = find_hand(model, torch.from_numpy(STROKE), 1)
+    assert torch.equal(first, find_hand(model, torch.from_numpy(STROKE), 1))
+    assert not torch.equal(first, find_hand(model, torch.from_numpy(stroke(shear=-0.3)), 1))
+    starts = sample_noise(model, HAND_CANDIDATES, torch.Generator().manual_seed(HAND_SEED))
+    starts = starts * (first.norm() / starts.norm(dim=1, keepdim=True))
+    assert (starts - first).abs().max(1).values.min() > 1e-3  # it searched on from the closest candidate
+    assert all(p.grad is None for p in model.parameters())  # the weights took no gradient
+
+
+# --- the handler's answers -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case_id,raw,message", HAND_BAD, ids=[c[0] for c in HAND_BAD])
+def test_a_bad_hand_gets_400_with_a_message(handler_client, case_id, raw, message):
+    code, body = handler_client.post(raw)
+    assert code == 400, body
+    assert message in body["error"]
+
+
+@pytest.mark.parametrize("raw,shape", HAND_GOOD, ids=[str(s) for _, s in HAND_GOOD])
+def test_a_hand_writes_the_number_with_the_upload_as_prepared_its_copy_and_their_error(handler_client, raw, shape):
+    code, body = handler_client.post(raw)
+    assert code == 200 and set(body) == {"images", "hand"} and set(body["hand"]) == {"image", "copy", "error"}
+    images = np.asarray(body["images"])
+    upload, copy = np.asarray(body["hand"]["image"]), np.asarray(body["hand"]["copy"])
+    assert images.shape == (*shape, 28, 28) and upload.shape == copy.shape == (28, 28)
+    assert images.min() >= 0 and images.max() <= 1 and np.all(np.round(images, 4) == images)
+    assert body["hand"]["error"] == pytest.approx(((upload - copy) ** 2).mean(), abs=2e-6)
+    fields = orjson.loads(raw)
+    number = fields.get("digits", str(fields["digit"]) if "digit" in fields else "0123456789")
+    for position, digit in enumerate(number):
+        if int(digit) == fields["hand"]["digit"]:
+            assert np.array_equal(images[0, position], copy)  # the copy is the hand's own digit
+
+
+def test_the_hand_is_find_hand_on_the_upload_and_writes_the_generators_digits(handler_client, model):
+    code, body = handler_client.post(hand_body(STROKE, digits="4071"))
+    found = find_hand(model, torch.from_numpy(STROKE), 1)
+    with torch.inference_mode():
+        expected = torch.stack([model(found[None], torch.full((1,), int(d)))[0, 0] for d in "4071"]).numpy()
+    assert np.abs(np.asarray(body["images"])[0] - expected).max() <= RUNTIME_AND_ROUNDING
+    assert np.array_equal(np.asarray(body["hand"]["image"]), STROKE)  # an array is used as given
+
+
+def test_the_same_upload_gives_the_same_answer_whatever_it_is_batched_with(handler_client):
+    raw = hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="90210")
+    alone = handler_client.request(raw).body
+    batched = handler_client.batch([(b'{"count": 64, "seed": 1}', {"Content-Type": JSON}),
+                                    (raw, {"Content-Type": JSON}),
+                                    (hand_body(stroke(shear=-0.2)), {"Content-Type": JSON}),
+                                    (hand_body(STROKE, count=2), {"Content-Type": JSON})])
+    assert [reply.status for reply in batched] == [200, 200, 200, 400]
+    assert batched[1].body == alone
+    again = handler_client.request(raw).body
+    assert again == alone
+
+
+def test_a_hands_png_is_the_written_number_in_one_row(handler_client):
+    raw = hand_body(STROKE, digits="2026")
+    png = handler_client.request(raw, accept=PNG)
+    assert png.status == 200 and png.content_type == PNG
+    pixels = decode_png(png.body)
+    assert pixels.shape == number_rows_size(1, 4)
+    written = np.asarray(handler_client.request(raw).json()["images"])[0]
+    assert np.array_equal(pixels, np.rint(255 * np.concatenate(list(written), axis=1)).astype(np.uint8))
+
+
+def test_two_hands_write_the_same_number_differently(handler_client):
+    thin = np.asarray(handler_client.post(hand_body(stroke(thickness=1, shear=0.3), digits="0"))[1]["images"])
+    thick = np.asarray(handler_client.post(hand_body(stroke(thickness=5, shear=-0.3), digits="0"))[1]["images"])
+    assert np.abs(thin - thick).max() > 0.1
+
+
+def test_an_unconditional_model_refuses_a_hand(tutorial_handler_client):
+    code, body = tutorial_handler_client.post(hand_body(STROKE))
+    assert code == 400 and "unknown field(s) 'hand' (this model is unconditional)" in body["error"]
+
+
+def test_style_of_the_test_strokes_is_what_their_names_say():
+    # The strokes above differ in the style measures the evaluation reads: the cases cover both ends.
+    measures = style_measures(torch.from_numpy(np.stack([stroke(1, 0.3), stroke(5, -0.3)]))[:, None])
+    assert measures["slant"][0] > 0 > measures["slant"][1] and measures["ink"][1] > 3 * measures["ink"][0]
