@@ -244,3 +244,13 @@ HAND_BAD = [  # (id, body, text the 400 message must contain)
     ("hand-seed", hand_body(STROKE, seed=7), "'seed' does not go with 'hand'"),
     ("hand-digit-and-digits", hand_body(STROKE, digit=3, digits="12"), "give 'digit' (every image that digit) or 'digits'"),
 ]
+
+
+def noisy_photo(side: int) -> str:
+    """A base64 PNG of the stroke as a phone photographs it: side x side, paper with sensor noise (which keeps the
+    file large: 1000 px a side is about 0.9 MB of base64, 1100 px over 1 MiB)."""
+    rng = np.random.default_rng(side)
+    paper = 0.85 + rng.normal(0, 0.03, (side, side))
+    ink = np.kron(stroke(), np.ones((side // 28, side // 28)))
+    ink = np.pad(ink, ((0, side - ink.shape[0]), (0, side - ink.shape[1])))
+    return png_base64(np.clip(np.rint(255 * paper * (1 - 0.9 * ink)), 0, 255).astype(np.uint8))

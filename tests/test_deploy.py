@@ -22,6 +22,7 @@ import pytest
 import requests
 import yaml
 
+from cases import STROKE, hand_body, noisy_photo
 from scripts import CONFIG, MODEL_NAME, ROOT, parse_properties, read_model_config, read_properties
 from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle
 from scripts.server import TorchServe, free_ports
@@ -225,6 +226,19 @@ def test_the_proxy_passes_only_the_prediction_route_and_the_health_probe(pods, p
         assert reply.headers["Allow"] == allowed
     bad = requests.post(f"{pod.url}/predictions/{MODEL_NAME}", json={"count": 0}, headers=bearer(pod_token), timeout=30)
     assert bad.status_code == 400 and "'count'" in bad.json()["error"]  # the handler's own errors pass through
+
+
+@pytest.mark.integration
+def test_a_hands_photo_up_to_the_limit_passes_the_proxy_and_a_larger_body_gets_its_413_message(pods, pod_token):
+    url, headers = f"{pods[0].url}/predictions/{MODEL_NAME}", {**bearer(pod_token), "Content-Type": "application/json"}
+    limit = int(parse_properties(configmap_data()["config.properties"])["max_request_size"])
+    photo = hand_body(noisy_photo(1000))
+    assert 900_000 < len(photo) <= limit
+    reply = requests.post(url, data=photo, headers=headers, timeout=60)
+    assert reply.status_code == 200 and np.asarray(reply.json()["images"]).shape == (1, 10, 28, 28), reply.text[:200]
+    reply = requests.post(url, data=b" " * (limit + 1), headers=headers, timeout=60)
+    assert reply.status_code == 413 and reply.json() == {"code": 413, "error": reply.json()["error"]}
+    assert f"over 1 MiB ({limit} bytes)" in reply.json()["error"]
 
 
 @pytest.mark.integration
@@ -437,7 +451,41 @@ def test_v2_digits_input_draws_a_number_in_one_hand(v2_server, handler_client):
     np.testing.assert_array_equal(np.asarray(output["data"]).reshape(output["shape"]), np.asarray(plain))
 
 
+def v2_hand(image, digit: int, **fields) -> dict:
+    """A v2 request with a hand: `image` as the FP32 [28, 28] input `hand` (flat, row-major), `hand_digit`, and `fields`."""
+    body = v2_body(hand_digit=digit, **fields)
+    body["inputs"].append({"name": "hand", "datatype": "FP32", "shape": [28, 28],
+                           "data": np.asarray(image, dtype=np.float64).ravel().tolist()})
+    return body
+
+
+@pytest.mark.integration
+def test_v2_hand_input_writes_the_number_as_the_plain_contract_does(v2_server, handler_client):
+    reply = requests.post(v2_server.v2_url, json=v2_hand(STROKE, 1, digits="42"), headers=v2_server.headers(), timeout=30)
+    assert reply.status_code == 200, reply.text
+    outputs = {output["name"]: output for output in reply.json()["outputs"]}
+    assert [(name, o["datatype"], o["shape"]) for name, o in outputs.items()] == [
+        ("images", "FP64", [1, 2, 28, 28]), ("hand_copy", "FP64", [28, 28]), ("hand_error", "FP64", [1])]
+    plain = handler_client.post(hand_body(STROKE, digits="42"))[1]
+    np.testing.assert_array_equal(np.asarray(outputs["images"]["data"]).reshape(1, 2, 28, 28), np.asarray(plain["images"]))
+    np.testing.assert_array_equal(np.asarray(outputs["hand_copy"]["data"]).reshape(28, 28), np.asarray(plain["hand"]["copy"]))
+    assert outputs["hand_error"]["data"] == [plain["hand"]["error"]]
+
+
+_NAN_IMAGE = np.zeros((28, 28))
+_NAN_IMAGE[3, 4] = float("nan")  # requests writes it as NaN, which TorchServe's envelope (Python's json) reads
+
 BAD_V2 = [
+    ("hand-without-its-digit", {"inputs": v2_hand(STROKE, 1)["inputs"][1:]}, "inputs 'hand' and 'hand_digit' go together"),
+    ("hand-digit-alone", v2_body(hand_digit=3), "inputs 'hand' and 'hand_digit' go together"),
+    ("hand-as-integers", {"inputs": [{**v2_hand(STROKE, 1)["inputs"][1], "datatype": "INT64"}, v2_body(hand_digit=1)["inputs"][0]]},
+     "input 'hand' must have datatype FP32"),
+    ("hand-flat", {"inputs": [{**v2_hand(STROKE, 1)["inputs"][1], "shape": [784]}, v2_body(hand_digit=1)["inputs"][0]]},
+     "input 'hand' must have shape [28, 28], got [784]"),
+    ("hand-nan", v2_hand(_NAN_IMAGE, 1), "row 3, column 4 is nan"),
+    ("hand-blank", v2_hand(np.zeros((28, 28)), 1), "nothing is drawn"),
+    ("hand-digit-eleven", v2_hand(STROKE, 11), "'hand'.'digit' must be an integer from 0 to 9, got 11"),
+    ("hand-count-2", v2_hand(STROKE, 1, count=2), "'count' must be 1 with 'hand'"),
     ("count-too-big", v2_body(count=1000), "'count' must be an integer from 1 to 256, got 1000"),
     ("float-count", {"inputs": [{"name": "count", "datatype": "FP32", "shape": [1], "data": [2.5]}]},
      "must have datatype INT64"),
@@ -460,7 +508,8 @@ BAD_V2 = [
 @pytest.mark.integration
 @pytest.mark.parametrize("case_id,body,message", BAD_V2, ids=[c[0] for c in BAD_V2])
 def test_bad_v2_request_gets_400_with_message(v2_server, case_id, body, message):
-    reply = requests.post(v2_server.v2_url, json=body, headers=v2_server.headers(), timeout=30)
+    reply = requests.post(v2_server.v2_url, data=json.dumps(body), timeout=30,  # json.dumps writes NaN; requests' json= won't
+                          headers={**v2_server.headers(), "Content-Type": "application/json"})
     assert reply.status_code == 400, reply.text
     assert reply.json() == {"error": reply.json()["error"]} and message in reply.json()["error"]  # the protocol's body
     good = requests.post(v2_server.v2_url, json=v2_body(count=1, seed=1), headers=v2_server.headers(), timeout=30)
@@ -528,6 +577,21 @@ def test_tritonclient_json_tensors_give_the_plain_contracts_images(v2_server, ha
     number = client.infer(MODEL_NAME, triton_inputs(False, count=3, seed=9, digits="42"), outputs=outputs,
                           headers=v2_server.headers()).as_numpy("images")
     np.testing.assert_array_equal(number, np.asarray(handler_client.post({"count": 3, "seed": 9, "digits": "42"})[1]["images"]))
+
+
+@pytest.mark.integration
+def test_tritonclient_sends_a_hand_and_reads_the_number_and_the_copy(v2_server, handler_client):
+    import tritonclient.http as httpclient
+
+    hand = httpclient.InferInput("hand", [28, 28], "FP32")
+    hand.set_data_from_numpy(STROKE, binary_data=False)
+    outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in ("images", "hand_copy", "hand_error")]
+    result = triton_client(v2_server).infer(MODEL_NAME, [hand, *triton_inputs(False, hand_digit=1, digits="07")],
+                                            outputs=outputs, headers=v2_server.headers())
+    plain = handler_client.post(hand_body(STROKE, digits="07"))[1]
+    np.testing.assert_array_equal(result.as_numpy("images"), np.asarray(plain["images"]))
+    np.testing.assert_array_equal(result.as_numpy("hand_copy"), np.asarray(plain["hand"]["copy"]))
+    assert result.as_numpy("hand_error").tolist() == [plain["hand"]["error"]]
 
 
 @pytest.mark.integration

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from cases import (BAD_REQUESTS, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUNDING, decode_png, generators_images,
-                   grid_size, number_rows_size)
+from cases import (BAD_REQUESTS, DARK_ON_LIGHT, HAND_BAD, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUNDING, STROKE,
+                   decode_png, generators_images, grid_size, hand_body, noisy_photo, number_rows_size)
 from scripts import read_model_config
 from scripts.archive import build_archive
 from scripts.server import FRONTEND_CLASS, TorchServe, free_ports, proc_stat
@@ -182,10 +182,38 @@ def test_management_key_does_not_open_inference_and_model_api_is_off(server):
     assert listing.status_code == 400  # the inference key does not open the management API
 
 
-def test_oversized_body_is_refused_by_the_frontend(server):
-    reply = post(server, raw=b'{"count": 1, "pad": "' + b"x" * 100_000 + b'"}')
-    assert reply.status_code == 413
+def test_a_phone_photo_under_1_mib_is_taken_and_a_larger_body_is_refused_by_the_frontend(server):
+    photo = hand_body(noisy_photo(1000), digits="12")
+    assert 900_000 < len(photo) <= 1 << 20
+    reply = post(server, raw=photo)
+    assert reply.status_code == 200, reply.text[:300]
+    assert np.asarray(reply.json()["images"]).shape == (1, 2, 28, 28)
+    too_large = hand_body(noisy_photo(1100))
+    assert len(too_large) > 1 << 20
+    assert post(server, raw=too_large).status_code == 413  # TorchServe's frontend (Netty) answers with no body
     assert_good(server)
+
+
+@pytest.mark.parametrize("case_id,raw,message", HAND_BAD, ids=[c[0] for c in HAND_BAD])
+def test_a_bad_hand_gets_400_with_a_message_on_the_real_server(server, case_id, raw, message):
+    reply = post(server, raw=raw)
+    assert reply.status_code == 400 and reply.headers["Content-Type"] == JSON, reply.text[:300]
+    assert message in reply.json()["error"]
+
+
+def test_the_same_upload_gives_the_same_answer_on_both_workers(server):
+    workers = server.worker_pids()
+    before = {pid: _cpu_ticks(pid) for pid in workers}
+    raw = hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="2026")
+    with ThreadPoolExecutor(2) as pool:  # two at a time: both workers search
+        answers = list(pool.map(lambda _: post(server, raw=raw).content, range(8)))
+    assert len(set(answers)) == 1 and all(_cpu_ticks(pid) > before[pid] for pid in workers)
+    body = json.loads(answers[0])
+    assert np.asarray(body["images"]).shape == (1, 4, 28, 28) and set(body["hand"]) == {"image", "copy", "error"}
+    png = post(server, raw=raw, headers={"Accept": PNG})
+    assert png.status_code == 200 and decode_png(png.content).shape == number_rows_size(1, 4)
+    other = post(server, raw=hand_body(STROKE, digits="2026")).json()
+    assert other["images"] != body["images"]  # another upload, another hand
 
 
 def test_concurrent_mixed_requests_fail_only_the_bad_ones(server):
@@ -234,8 +262,9 @@ def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
     assert "handling a batch of" in log  # TorchServe really did batch them
 
 
-def test_numbers_batched_server_side_keep_their_hands(batching_server):
+def test_numbers_and_uploaded_hands_batched_server_side_keep_their_hands(batching_server):
     bodies = [{"count": 2, "seed": i, "digits": "90210"[: i + 1]} if i % 2 else {"count": 3, "seed": i} for i in range(8)]
+    bodies[4] = json.loads(hand_body(STROKE, digits="7"))
     alone = [post(batching_server, body).content for body in bodies]
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda b: post(batching_server, b), bodies))
