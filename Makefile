@@ -90,7 +90,7 @@ demo: install
 	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
 
 # The quality report of the served model against its targets: the results page docs/quality.md with
-# docs/digits.png (one row per digit), and artifacts/report.md; ARGS='--only one-hand' rewrites that section alone.
+# docs/digits.png (one row per digit), and artifacts/report.md; ARGS='--only one-hand' (or your-hand) rewrites that section alone.
 evaluate: install
 	$(PY) -m experiments.evaluate --data-dir $(DATA_DIR) --out-dir artifacts --docs-dir docs $(ARGS)
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from handler.generator import Generator, checked_noise_std, sample_latent
 from train import artifacts, files
 from experiments.classifier import FEATURES, MnistClassifier, predict
-from experiments import one_hand
+from experiments import one_hand, your_hand
 from experiments.report import table, write_section
 from train.config import ADDED_SETTINGS, make_config, settings_unknown_here
 from train.data import MnistMissing, load_mnist
@@ -443,15 +443,23 @@ def written_by(models: list[str]) -> str:
             "`make evaluate` rewrites it without them.")
 
 
-def rewrite_one_hand(out: Path, data_dir: str, page: Path) -> None:
-    """`--only one-hand`: the served model's "One hand" section, measured and rewritten in `page` alone."""
+SECTIONS = {"one-hand": one_hand.section, "your-hand": your_hand.section}  # the served model's sections beside the table
+
+
+def served_sections(model: Generator, evaluator: Evaluator, only: Optional[str] = None) -> list[str]:
+    """The served model's sections that follow the main table (`only`: that one alone), each a "## " section."""
+    return [section(model, evaluator.classifier, evaluator.test_images, evaluator.test_labels)
+            for name, section in SECTIONS.items() if only in (None, name)]
+
+
+def rewrite_section(out: Path, data_dir: str, page: Path, only: str) -> None:
+    """`--only NAME`: that section of the served model, measured and rewritten in `page` alone."""
     try:
-        classifier, _ = load_or_train_classifier(out / "classifier.pt", data_dir)
-        test_images, test_labels = load_mnist(data_dir, train=False)
+        evaluator, _ = cached_evaluator(out, data_dir)
         model, _ = artifacts.load_run(out)
     except (MnistMissing, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}")
-    text = one_hand.section(model, classifier, test_images, test_labels)
+    text = served_sections(model, evaluator, only)[0]
     write_section(page, "Quality report", "make evaluate", text)
     print(text)
 
@@ -469,13 +477,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="extra rows: the served model sampled with these noise_std values ('' for none)")
     parser.add_argument("--cas-per-digit", type=int, default=CAS_PER_DIGIT)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=["one-hand"],
+    parser.add_argument("--only", choices=list(SECTIONS),
                         help="measure this section of the page alone and rewrite it, keeping the rest")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out: Path = args.out_dir
     if args.only:
-        rewrite_one_hand(out, args.data_dir, args.docs_dir / "quality.md")
+        rewrite_section(out, args.data_dir, args.docs_dir / "quality.md", args.only)
         return
     try:
         evaluator, test_accuracy = cached_evaluator(out, args.data_dir)
@@ -542,7 +550,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         report += [f"- {'PASS' if ok else 'MISS'}: {text}"
                    for text, ok in target_checks(default, evaluator, cas_reference, train_seconds)]
         report += ["", "![one row per digit](digits.png)", ""]
-        report += [one_hand.section(default_model, evaluator.classifier, evaluator.test_images, evaluator.test_labels)]
+        report += served_sections(default_model, evaluator)
     report += ["## Where CAS loses", "",
                f"The real test digits that each row's CAS classifiers read wrong (mean of {CAS_SEEDS}), by true digit, and the "
                "commonest mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "

@@ -80,6 +80,9 @@ def numbers_read_right(model: Generator, classifier: MnistClassifier, test_image
 def section(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor,
             hands: int = HANDS, numbers: int = NUMBERS) -> str:
     """The results page's "## One hand" section for `model`, with its targets."""
+    if not model.num_classes:
+        return ("## One hand\n\nNot measured: the served model is unconditional, so a hand (a noise vector) cannot be "
+                "asked for each digit.\n")
     correlations = hand_correlations(model, hands)
     generated, real = numbers_read_right(model, classifier, test_images, test_labels, numbers)
     checks = [(f"{name} correlation across digits {correlations[name]:.2f} (target ≥ {target})",

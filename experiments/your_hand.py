@@ -153,7 +153,7 @@ def ceiling(model: Generator, count: int = 2_000, seed: int = 3) -> dict[str, tu
 
 
 def section(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor,
-            uploads: int = UPLOADS, seed: int = 0) -> str:
+            uploads: int = UPLOADS, seed: int = 0, ceiling_hands: int = 2_000) -> str:
     """The results page's "## Your hand" section for `model`, with its targets."""
     if not model.num_classes:
         return ("## Your hand\n\nNot measured: the served model is unconditional, so a hand found from one digit "
@@ -165,7 +165,7 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
     routes = {"28 x 28 arrays": measure(model, classifier, images, digits, real_accuracy),
               "PNG photos (280 x 280, dark on a light gradient)": measure(model, classifier, photos.unsqueeze(1),
                                                                           digits, real_accuracy)}
-    trip, best = round_trip(model, uploads), ceiling(model)
+    trip, best = round_trip(model, uploads), ceiling(model, ceiling_hands)
     rows = []
     for route, m in routes.items():
         rows.append(f"| {route} | {m['copy']:.3f}× | " + " | ".join(

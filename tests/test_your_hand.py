@@ -1,0 +1,86 @@
+"""make evaluate's "Your hand" measures on cases whose answer is known, and the section on a real (tiny) model."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from experiments import evaluate as E
+from experiments.your_hand import (PHOTO_SIDE, as_photo, others_of, pooled_correlation, section,
+                                   within_digit_correlation)
+from handler.request_contract import prepare_png
+from train.artifacts import load_run
+from train.files import save_json
+
+
+def test_within_digit_correlation_sees_the_hand_where_the_digits_hide_it():
+    rng = torch.Generator().manual_seed(0)
+    digits = torch.arange(10).repeat(50)
+    hand = torch.randn(500, generator=rng)
+    upload = hand + 5 * digits  # the digit sets most of the upload's value ...
+    others = hand - 5 * digits  # ... and, the other way round, the other nine's
+    assert within_digit_correlation(upload, others, digits) == pytest.approx(1.0)
+    assert pooled_correlation(upload, others) < -0.9
+    assert abs(within_digit_correlation(upload, torch.randn(500, generator=rng), digits)) < 0.2
+
+
+def test_others_of_leaves_out_each_rows_own_digit():
+    drawn = torch.arange(10).repeat(3, 1)  # row r, column d holds d
+    kept = others_of(drawn, torch.tensor([0, 4, 9]))
+    assert kept.tolist() == [list(range(1, 10)), [0, 1, 2, 3, 5, 6, 7, 8, 9], list(range(9))]
+
+
+def test_the_photos_are_dark_ink_on_light_paper_and_prepare_back_into_the_digit(data_dir):
+    from train.data import load_mnist
+
+    digit = load_mnist(data_dir, train=False)[0][7]
+    photo = Image.open(io.BytesIO(as_photo(digit, seed=3)))
+    pixels = np.asarray(photo) / 255
+    assert photo.mode == "L" and photo.size == (PHOTO_SIDE, PHOTO_SIDE)
+    assert 0.75 < pixels[0].min() and pixels.max() <= 0.96 and pixels.min() < 0.1  # light paper, dark ink
+    assert np.ptp(np.r_[pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]) > 0.05  # the light varies
+    back = prepare_png(as_photo(digit, seed=3))
+    assert np.corrcoef(back.ravel(), digit[0].numpy().ravel())[0, 1] > 0.8  # the same digit, perhaps a pixel off
+
+
+@pytest.fixture(scope="module")
+def evaluator(data_dir):
+    from train.data import load_mnist
+
+    torch.manual_seed(0)
+    classifier, _ = E.train_classifier(data_dir, epochs=1, limit=3000)
+    test_images, test_labels = load_mnist(data_dir, train=False)
+    return E.Evaluator(classifier, test_images[:1000], test_labels[:1000])
+
+
+def test_the_section_measures_the_served_model_against_its_targets(evaluator, tiny_run):
+    text = section(load_run(tiny_run)[0], evaluator.classifier, evaluator.test_images, evaluator.test_labels,
+                   uploads=12, ceiling_hands=200)
+    assert text.startswith("## Your hand\n")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "×" in line]
+    assert len(rows) == 2 and rows[0].startswith("| 28 x 28 arrays") and rows[1].startswith("| PNG photos")
+    verdicts = [line.split(": ", 1)[1].split(" ")[0] for line in text.splitlines() if line.startswith(("- PASS", "- MISS"))]
+    assert verdicts == ["copy", "ink", "slant", "the", "round", "PNG"]
+    copy = float(rows[0].split("|")[2].strip().rstrip("×"))
+    assert 0 < copy < 1  # a search does better than the best of the random hands, even on a tiny model
+
+
+def served_run(tmp_path, run, evaluator):
+    """An --out-dir whose served model is `run`, with the evaluation classifier already cached."""
+    for name in ("generator.pt", "generator.json"):
+        (tmp_path / name).write_bytes((run / name).read_bytes())
+    torch.save(evaluator.classifier.state_dict(), tmp_path / "classifier.pt")
+    save_json({"test_accuracy": 0.9}, tmp_path / "classifier.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("only", list(E.SECTIONS))
+def test_an_unconditional_served_model_gets_each_section_with_why_it_is_not_measured(only, evaluator, tiny_tutorial_run,
+                                                                                     tmp_path, data_dir):
+    out = served_run(tmp_path, tiny_tutorial_run, evaluator)
+    E.main(["--only", only, "--out-dir", str(out), "--docs-dir", str(out / "docs"), "--data-dir", str(data_dir)])
+    page = (out / "docs" / "quality.md").read_text()
+    assert "Not measured: the served model is unconditional" in page
+    assert [line for line in page.splitlines() if line.startswith("## ")] == [
+        {"one-hand": "## One hand", "your-hand": "## Your hand"}[only]]
