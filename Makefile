@@ -95,7 +95,7 @@ evaluate: install
 	$(PY) -m experiments.evaluate --data-dir $(DATA_DIR) --out-dir artifacts --docs-dir docs $(ARGS)
 
 bench: install
-	$(PY) -m experiments.bench --run-dir $(RUN_DIR) $(ARGS)
+	$(PY) -m experiments.bench --run-dir $(RUN_DIR) --data-dir $(DATA_DIR) $(ARGS)
 
 bench-train: install
 	$(PY) -m experiments.bench_train --data-dir $(DATA_DIR)

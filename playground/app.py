@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -24,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import requests
 
 from scripts import CONFIG, MODEL_NAME, ROOT
+from scripts.client import Client
 from scripts.server import TorchServe
+from train.files import write_bytes
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -91,6 +92,8 @@ class Backend:
 
     def __init__(self, server: TorchServe) -> None:
         self.server = server
+        # The key is read from the server's key_file.json for each request, and renewed when it expires.
+        self.client = Client(server.predict_url, server.workdir / "key_file.json", server.management_url)
         # The validator (check) draws the picture to learn whether the API refuses the request; the draw
         # that follows takes it from here instead of asking twice.
         self._drawn: dict[str, str] = {}
@@ -99,17 +102,14 @@ class Backend:
     def fetch(self, body: dict[str, Any]) -> bytes:
         """The API's PNG for `body`, or ApiError with the API's message."""
         try:
-            headers = {**self.server.headers(), "Accept": PNG}
-        except (OSError, KeyError, ValueError):
-            raise ApiError(f"no inference key in {self.server.workdir / 'key_file.json'}: "
-                           f"is TorchServe running (`make serve`)?") from None
-        try:
-            reply = requests.post(self.server.predict_url, json=body, headers=headers, timeout=30)
+            reply = self.client.post(body, PNG)
         except requests.ConnectionError:
             raise ApiError(f"TorchServe at {self.server.inference_url} does not answer: "
                            f"is it running (`make serve`)?") from None
         except requests.RequestException as error:
             raise ApiError(f"TorchServe at {self.server.inference_url}: {type(error).__name__}") from None
+        except (OSError, KeyError, ValueError):  # no key file, or not TorchServe's
+            raise ApiError(f"no inference key in {self.client.key_file}: is TorchServe running (`make serve`)?") from None
         if reply.status_code != 200:
             raise ApiError(error_message(reply))
         return reply.content
@@ -128,10 +128,7 @@ class Backend:
         if path.exists():
             path.touch()
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-                tmp.write(png)
-            os.replace(tmp.name, path)
+            write_bytes(png, path)
         return str(path)
 
     def check(self, number: str, digit: Optional[str], count: Optional[float], seed: str) -> tuple:

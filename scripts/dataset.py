@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from handler.request_contract import MAX_COUNT, PNG_GAP
 from scripts import ROOT, read_model_config
-from scripts.predict import add_server_arguments, request_png, server_url_and_key
+from scripts.client import Client, add_server_arguments, client_for
 
 DIGITS = "0123456789"
 HANDS_PER_REQUEST = MAX_COUNT // len(DIGITS)  # each writing 0-9: within the served limit of images a request
@@ -64,12 +64,12 @@ def idx_labels(labels: np.ndarray) -> bytes:
     return struct.pack(">II", LABELS_MAGIC, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
-def draw_split(url: str, key: str, split: str, count: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_split(client: Client, split: str, count: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` images and labels of `split`, asked of the server `workers` requests at a time (one per worker)."""
     bodies = requests_for(split, count, seed)
 
     def ask(body: dict) -> np.ndarray:
-        return tiles(request_png(url, key, body), body["count"], len(body["digits"]))
+        return tiles(client.png(body), body["count"], len(body["digits"]))
 
     with ThreadPoolExecutor(workers) as pool, tqdm(total=count, desc=f"{split} digits", unit="digit") as bar:
         images = []
@@ -119,16 +119,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     counts = {"train": args.count, "t10k": max(1, args.count // 6) if args.test_count is None else args.test_count}
     if min(counts.values()) < 1 or args.seed < 0:
         parser.error("the counts must be 1 or more, and the seed 0 or more")
-    url, key = server_url_and_key(args)
+    client = client_for(args)
     workers = read_model_config()["minWorkers"]
     images, labels = {}, {}
     try:
         for split in SPLITS:
-            images[split], labels[split] = draw_split(url, key, split, counts[split], args.seed, workers)
+            images[split], labels[split] = draw_split(client, split, counts[split], args.seed, workers)
     except (RuntimeError, requests.RequestException) as error:
         raise SystemExit(f"dataset: {error}")
     raw = write_dataset(args.out, images, labels)
-    print(f"{counts['train']:,} training and {counts['t10k']:,} test digits from {url} (seed {args.seed}) "
+    print(f"{counts['train']:,} training and {counts['t10k']:,} test digits from {client.url} (seed {args.seed}) "
           f"written to {raw}; torchvision.datasets.MNIST({str(args.out)!r}) reads them", file=sys.stderr)
     print(raw)
 

@@ -6,7 +6,7 @@ import pytest
 import requests
 import torchvision
 
-from scripts import dataset
+from scripts.client import Client
 from scripts.dataset import main, requests_for
 
 pytestmark = pytest.mark.integration
@@ -53,14 +53,14 @@ def test_a_stopped_run_leaves_the_previous_data_set_whole(server, tmp_path, monk
     before = {p.name: p.read_bytes() for p in raw.iterdir()}
     asked = []
 
-    def stopped_on_the_third_request(url, key, body, timeout=30):
+    def stopped_on_the_third_request(client, body, timeout=30):
         if len(asked) == 2:
             raise KeyboardInterrupt  # Ctrl-C while the digits are still being drawn
         asked.append(body)
-        return real_request(url, key, body, timeout)
+        return real_request(client, body, timeout)
 
-    real_request = dataset.request_png
-    monkeypatch.setattr(dataset, "request_png", stopped_on_the_third_request)
+    real_request = Client.png
+    monkeypatch.setattr(Client, "png", stopped_on_the_third_request)
     with pytest.raises(KeyboardInterrupt):
         make_dataset(server, tmp_path / "set", seed=9, train=300)
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before

@@ -1,6 +1,6 @@
 """`make bench`: where serving time goes, measured in one run on this machine; writes docs/serving.md.
 
-    python -m experiments.bench --run-dir artifacts [--only formats]
+    python -m experiments.bench --run-dir artifacts --data-dir data [--only formats|hand]
 
 1. throughput (throughput.py): the bare generator at batch 64 in ONNX Runtime (what the handler runs on
    a CPU) and in PyTorch, the handler in-process, and the served model with 4 clients, taking turns in
@@ -11,6 +11,7 @@
 3. served throughput with 1, 4 and 16 clients at count=1 and count=64, with 1 and 2 workers, and a load
    run of mixed counts; server-side batching against none
 4. the answer's formats (formats.py): count=64 as JSON against PNG
+5. a hand (hand.py): one uploaded digit writing 5 digits against the same number in a seed's hand
 """
 import argparse
 import sys
@@ -20,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from experiments.bench import formats, latency
+from experiments.bench import formats, hand, latency
 from experiments.bench.measure import host_speed_ms, percentile, rate, ratio, summarize, throughput_turns
 from experiments.bench.servers import archive_with, clients, empty_handler_store, model_config
 from experiments.bench.throughput import bare_forward_steps, handler_step
 from experiments.local_handler import LocalHandler, unpack_archive
 from experiments.report import DOCS, table, write_page, write_section
+from train.data import load_mnist
 from scripts import MODEL_NAME
 from scripts.server import TorchServe, free_ports
 
@@ -36,12 +38,22 @@ def workers_label(n: int) -> str:
     return f"{n} worker{'s' * (n > 1)}"
 
 
-def run_formats_only(args: argparse.Namespace) -> str:
+def hand_uploads(args: argparse.Namespace) -> list[bytes]:
+    """--uploads real test digits as requests with a hand, each writing hand.NUMBER."""
+    images, labels = load_mnist(args.data_dir, train=False, limit=args.uploads)
+    return hand.upload_bodies(images, labels)
+
+
+def run_one(args: argparse.Namespace) -> str:
+    """--only formats or --only hand: that section, against one server of the shipped configuration."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         store = archive_with(args.run_dir, tmp, "store", model_config())
         local = LocalHandler(unpack_archive(store / f"{MODEL_NAME}.mar", tmp / "model-dir"))
         with TorchServe(tmp / "ts", store, ports=tuple(free_ports(4))) as server:
+            if args.only == "hand":
+                return "## A hand\n\n" + hand.report(server, hand_uploads(args), args.rounds, args.seconds,
+                                                      model_config()["minWorkers"])
             clients(server, 4, 2.0, [64])  # warm-up
             return "## Answer formats\n\n" + formats.report(local, server, args.seconds, args.rounds)
 
@@ -80,6 +92,7 @@ def run_all(args: argparse.Namespace) -> str:
                     for n in (shipped, other) for n_clients in (1, 4, 16) for count in (1, 64)}
             load = clients(up[shipped], 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
             formats_section = formats.report(local, up[shipped], args.seconds, args.rounds)
+            hand_section = hand.report(up[shipped], hand_uploads(args), args.rounds, args.seconds, shipped)
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
             # More latency rounds minutes later, so the figure samples more than one state of the host.
             late = latency.turns(turn_servers, rounds=args.latency_rounds - args.latency_rounds // 2, warmup=100)
@@ -124,7 +137,8 @@ def run_all(args: argparse.Namespace) -> str:
         f"Load: 16 clients for {args.load_seconds:.0f} s, counts drawn from 1, 1, 4, 16, 64, 256: {load['requests']:,} "
         f"requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
         f"{load['images_per_s']:,.0f} images/s.", "",
-        "## Answer formats", "", formats_section])
+        "## Answer formats", "", formats_section, "",
+        "## A hand", "", hand_section])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,11 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns of bare, handler and served throughput")
     parser.add_argument("--latency-rounds", type=int, default=8, help="count=1 latency turns: half first, half last")
     parser.add_argument("--load-seconds", type=float, default=30.0)
-    parser.add_argument("--only", choices=["formats"], help="run one part of the benchmark")
+    parser.add_argument("--only", choices=["formats", "hand"], help="run one part of the benchmark")
+    parser.add_argument("--data-dir", default="data", help="MNIST: the test digits that the hand section uploads")
+    parser.add_argument("--uploads", type=int, default=150, help="different uploads the hand section sends")
     parser.add_argument("--out", type=Path, default=PAGE)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)
-    body = run_formats_only(args) if args.only == "formats" else run_all(args)
+    body = run_one(args) if args.only else run_all(args)
     print(body)
     if args.only:  # the rest of the page keeps its last full run's figures
         write_section(args.out, "Serving speed", "make bench", body)

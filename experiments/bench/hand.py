@@ -1,0 +1,90 @@
+"""A hand: one uploaded digit writing 5 digits (GAN inversion, then the number), against {"digits": "12345"} (the
+same number in a seed's hand), served, taking turns so that their ratio comes from the same minutes."""
+import http.client
+import threading
+import time
+
+import numpy as np
+import orjson
+import torch
+
+from experiments.bench.measure import percentile
+from experiments.bench.servers import JSON
+from experiments.report import table
+from scripts import MODEL_NAME
+from scripts.server import TorchServe
+
+NUMBER = "12345"
+P50_LINE = 50  # a hand's p50 at most this many times the plain number's
+
+
+def upload_bodies(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
+    """One request body per upload: the digit as the API's 28 x 28 array (4 decimals), writing NUMBER."""
+    return [orjson.dumps({"hand": {"image": np.round(image[0].numpy().astype(np.float64), 4), "digit": int(label)},
+                          "digits": NUMBER}, option=orjson.OPT_SERIALIZE_NUMPY) for image, label in zip(images, labels)]
+
+
+def _send(connection: http.client.HTTPConnection, headers: dict, body: bytes) -> None:
+    connection.request("POST", f"/predictions/{MODEL_NAME}", body=body, headers=headers)
+    reply = connection.getresponse()
+    data = reply.read()
+    assert reply.status == 200, (reply.status, data[:200])
+
+
+def sequential(server: TorchServe, bodies: list[bytes]) -> list[float]:
+    """Seconds per request, one after another over one keep-alive connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=60)
+    headers, seconds = {**server.headers(), "Content-Type": JSON}, []
+    for body in bodies:
+        started = time.perf_counter()
+        _send(connection, headers, body)
+        seconds.append(time.perf_counter() - started)
+    connection.close()
+    return seconds
+
+
+def images_per_second(server: TorchServe, bodies: list[bytes], clients: int, seconds: float) -> float:
+    """Images/s of `clients` keep-alive clients sending `bodies` in turn for `seconds` (each answer: len(NUMBER))."""
+    headers, done, stop_at = {**server.headers(), "Content-Type": JSON}, [0], time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client(offset: int) -> None:
+        connection, index = http.client.HTTPConnection("127.0.0.1", server.ports[0], timeout=60), offset
+        while time.perf_counter() < stop_at:
+            _send(connection, headers, bodies[index % len(bodies)])
+            index += clients
+            with lock:
+                done[0] += len(NUMBER)
+        connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return done[0] / (time.perf_counter() - started)
+
+
+def report(server: TorchServe, uploads: list[bytes], rounds: int, seconds: float, workers: int) -> str:
+    """The section's table: p50 (sequential) and images/s (one client per worker) of both kinds of request."""
+    plain = orjson.dumps({"digits": NUMBER})
+    sequential(server, [plain] * 500 + uploads[:10])  # warm-up: the JIT of the frontend, the workers' first search
+    p50 = {"plain": [], "hand": []}
+    per_round = max(1, len(uploads) // rounds)
+    for turn in range(rounds):  # distinct uploads in every round: nothing is answered twice
+        p50["plain"].append(percentile(sequential(server, [plain] * 250), 50))
+        p50["hand"].append(percentile(sequential(server, uploads[turn * per_round:(turn + 1) * per_round]), 50))
+    rates = {"plain": images_per_second(server, [plain], workers, seconds),
+             "hand": images_per_second(server, uploads, workers, seconds)}
+    ratios = [hand / plain for hand, plain in zip(p50["hand"], p50["plain"])]
+    median = float(np.median(ratios))
+    rows = [(f'`{{"digits": "{NUMBER}"}}` (a seed\'s hand)', f"{1000 * np.median(p50['plain']):.2f}",
+             f"{rates['plain']:,.0f}"),
+            (f'`{{"hand": {{"image": <28 x 28>, "digit": d}}, "digits": "{NUMBER}"}}` (an uploaded hand, '
+             f"{len(uploads)} different uploads)", f"{1000 * np.median(p50['hand']):.1f}", f"{rates['hand']:,.0f}")]
+    return "\n".join([
+        table(["request (served, 5 digits)", "p50 ms, one client", f"images/s, {workers} clients"], rows), "",
+        f"p50 of a hand ÷ p50 of the plain number: {median:.1f} (rounds {min(ratios):.1f}-{max(ratios):.1f}; "
+        f"{'PASS' if median <= P50_LINE else 'MISS'}: the line is {P50_LINE}). The uploads are real test digits, each sent "
+        "once: a search runs for every request."])
