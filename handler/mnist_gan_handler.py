@@ -6,6 +6,7 @@ TorchServe requires this file to define exactly one class, the handler.
 import json
 import logging
 import os
+from collections import OrderedDict
 from http import HTTPStatus
 from typing import Any, Optional, Union
 
@@ -22,6 +23,7 @@ from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, Genera
 logger = logging.getLogger(__name__)
 
 RUNTIMES = ("onnxruntime", "torch")
+HANDS_KEPT = 128  # hands a worker remembers (a vector of 100 numbers each), by upload, the least recent forgotten
 
 
 def _keep_unless_per_request(record: logging.LogRecord) -> bool:
@@ -71,6 +73,7 @@ class DigitGANHandler(BaseHandler):
         adapt_kservev2_envelope()  # with service_envelope=kservev2: protocol error bodies, 400 not 503
         self.v2 = False
         self.rng = torch.Generator()  # reseeded for every request
+        self.found_hands: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
         logger.info("loaded %s generator (%s) on %s", self.metadata.get("preset"), self.metadata["model"],
                     "ONNX Runtime" if self.session else f"PyTorch ({self.device})")
 
@@ -146,11 +149,22 @@ class DigitGANHandler(BaseHandler):
         drawn = {d: self._draw(hands, torch.full((len(hands),), int(d))) for d in set(number)}
         return np.stack([drawn[d] for d in number], axis=1).round(DECIMALS)
 
+    def _find_hand(self, image: np.ndarray, digit: int) -> torch.Tensor:
+        """find_hand on the upload (in PyTorch: ONNX Runtime computes no gradients), or the hand this worker found
+        for the same upload lately: a person writing one number after another in their hand waits once."""
+        key = (digit, image.tobytes())
+        if key in self.found_hands:
+            self.found_hands.move_to_end(key)
+        else:
+            self.found_hands[key] = find_hand(self.model, torch.from_numpy(image), digit)
+            if len(self.found_hands) > HANDS_KEPT:
+                self.found_hands.popitem(last=False)
+        return self.found_hands[key]
+
     def _write_in_hand(self, request: GenerationRequest) -> tuple[np.ndarray, dict]:
-        """The number written by the hand found from the uploaded digit (GAN inversion, in PyTorch: ONNX Runtime
-        computes no gradients), with the upload as prepared, the model's copy and their mean squared error."""
-        upload = torch.from_numpy(request.hand.image)
-        hand = find_hand(self.model, upload, request.hand.digit).unsqueeze(0)
+        """The number written by the hand found from the uploaded digit, with the upload as prepared, the model's
+        copy and their mean squared error."""
+        hand = self._find_hand(request.hand.image, request.hand.digit).unsqueeze(0)
         images = self._write(hand, request.digits)
         copy = self._draw(hand, torch.full((1,), request.hand.digit))[0].round(DECIMALS)
         error = float(np.mean((copy.astype(np.float64) - request.hand.image) ** 2))

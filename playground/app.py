@@ -10,7 +10,9 @@ the browser. A refused request shows the API's own message next to the field it 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -20,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+import numpy as np
+import orjson
 import requests
 
 from scripts import CONFIG, MODEL_NAME, ROOT
@@ -31,13 +35,16 @@ if TYPE_CHECKING:
     import gradio as gr
 
 PORT = 7860  # the page's own port, on 127.0.0.1 (Gradio's usual one; TorchServe's are 8080-8082)
-PNG = "image/png"
+PNG, JSON = "image/png", "application/json"
 # The API's names for the page's inputs, in the order the page lists them: an error that names a field
 # is shown next to that input.
 FIELDS = ("digits", "digit", "count", "seed")
 NEW_SEEDS = 10**6  # "new hands" draws seeds below this: short enough to note down (any seed the API takes is typed)
 # The PNG has 28 pixels a digit: scaled up to fill the box, without blurring them.
-CSS = "#digits img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+CSS = ("#digits img, #written img, #prepared img, #copy img { width: 100%; height: 100%; object-fit: contain; "
+       "image-rendering: pixelated; } #hand-message { color: var(--error-text-color); }")
+PAD_SIZE = (280, 280)  # the drawing's canvas: ten times MNIST's side
+PHOTO_SIDE = 1024  # a photo is sent at most this long a side: the API boxes it to 512 before reading its ink
 EXAMPLES = [["02139", None, 4, "7"], ["2026", None, 6, "42"], ["", "7", 9, "3"], ["0123456789", None, 3, "1"]]
 
 # Gradio phones home unless told not to (analytics.py: a version check and telemetry threads at
@@ -77,6 +84,44 @@ def request_body(number: str, digit: Optional[str], count: Optional[float], seed
     return body
 
 
+def upload_png(pad: Optional[dict], photo: Optional[str]) -> bytes:
+    """The PNG the page sends as the hand: an uploaded photo (made a PNG, its longest side at most PHOTO_SIDE, as
+    the API needs no more and the body has a limit), else the pad's drawing (transparent, the ink in its alpha);
+    an empty pad is sent too, so the API says that nothing is drawn."""
+    from PIL import Image
+
+    if photo:
+        with Image.open(photo) as image:
+            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "L")
+            image.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+    else:
+        composite = (pad or {}).get("composite")
+        image = Image.fromarray(composite) if composite is not None else Image.new("RGBA", PAD_SIZE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def hand_body(pad: Optional[dict], photo: Optional[str], shows: Optional[str], number: str) -> dict[str, Any]:
+    """The API request for the hand part: the drawing or photo, which digit it shows, and the number to write."""
+    body: dict[str, Any] = {"hand": {"image": base64.b64encode(upload_png(pad, photo)).decode(),
+                                     "digit": int(shows) if shows not in (None, "") else None}}
+    number = (number or "").strip()
+    if number:
+        body["digits"] = number
+    return body
+
+
+def digit_png(values: list) -> bytes:
+    """A 28 x 28 image of the API's JSON (values in [0, 1]) as an 8-bit PNG, each pixel round(255 x value) as the
+    API's own PNGs."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(255 * np.asarray(values, dtype=np.float64)).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def error_message(reply: requests.Response) -> str:
     """The API's message: {"error": ...} from the handler, {"message": ...} from TorchServe's frontend."""
     try:
@@ -99,10 +144,10 @@ class Backend:
         self._drawn: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def fetch(self, body: dict[str, Any]) -> bytes:
-        """The API's PNG for `body`, or ApiError with the API's message."""
+    def fetch(self, body: dict[str, Any], accept: str = PNG) -> bytes:
+        """The API's answer to `body` (a PNG, or JSON with accept=JSON), or ApiError with the API's message."""
         try:
-            reply = self.client.post(body, PNG)
+            reply = self.client.post(body, accept)
         except requests.ConnectionError:
             raise ApiError(f"TorchServe at {self.server.inference_url} does not answer: "
                            f"is it running (`make serve`)?") from None
@@ -114,16 +159,14 @@ class Backend:
             raise ApiError(error_message(reply))
         return reply.content
 
-    def save(self, png: bytes, body: dict[str, Any]) -> str:
-        """The PNG as a file where Gradio serves files from, byte for byte (an image object would be
-        re-encoded), named after the request so that a download says what it holds. Stored by content: a
-        picture already there is only touched (delete_cache ages files by ctime), never rewritten under a
-        browser that is reading it, and a new one appears whole."""
+    def save(self, png: bytes, name: str) -> str:
+        """The PNG as a file named `name` where Gradio serves files from, byte for byte (an image object would
+        be re-encoded): a download says what it holds. Stored by content: a picture already there is only
+        touched (delete_cache ages files by ctime), never rewritten under a browser that is reading it, and a
+        new one appears whole."""
         gradio()
         from gradio.utils import get_upload_folder
 
-        what = body.get("digits", body.get("digit", "random"))
-        name = f"digits-{str(what)[:32]}-{body.get('count', 1)}x-seed{body.get('seed', 'random')}.png"
         path = Path(get_upload_folder()) / hashlib.sha256(png).hexdigest() / name
         if path.exists():
             path.touch()
@@ -131,13 +174,18 @@ class Backend:
             write_bytes(png, path)
         return str(path)
 
+    def picture(self, body: dict[str, Any]) -> str:
+        """The API's PNG for a seed's request, saved under a name that says what it holds."""
+        what = body.get("digits", body.get("digit", "random"))
+        return self.save(self.fetch(body), f"digits-{str(what)[:32]}-{body.get('count', 1)}x-seed{body.get('seed', 'random')}.png")
+
     def check(self, number: str, digit: Optional[str], count: Optional[float], seed: str) -> tuple:
-        """Gradio's validator: draws the request; a refusal marks each input its message names (the number
+        """The seeds part's validator: draws the request; a refusal marks each input its message names (the number
         when it names none, e.g. a server that is down), and the draw does not run."""
         gr = gradio()
         body = request_body(number, digit, count, seed)
         try:
-            path = self.save(self.fetch(body), body)
+            path = self.picture(body)
         except ApiError as error:
             message = str(error)
             named = set(re.findall(r"'(\w+)'", message)) & set(FIELDS) or {"digits"}
@@ -156,10 +204,29 @@ class Backend:
             path = self._drawn.pop(json.dumps(body, sort_keys=True), None)
         if path is None:
             try:
-                path = self.save(self.fetch(body), body)
+                path = self.picture(body)
             except ApiError as error:
                 raise gr.Error(str(error), print_exception=False) from None
         return path
+
+    def hand_pictures(self, body: dict[str, Any]) -> tuple[str, str, str]:
+        """For a request with a hand: the API's PNG of the number written in it, and the upload as the API prepared
+        it beside the model's copy (from the same request answered as JSON), each a file."""
+        number = body.get("digits", "0123456789")
+        written = self.save(self.fetch(body), f"{number[:32]}-in-your-hand.png")
+        hand = orjson.loads(self.fetch(body, JSON))["hand"]
+        return (written, self.save(digit_png(hand["image"]), "your-digit-prepared.png"),
+                self.save(digit_png(hand["copy"]), "the-models-copy.png"))
+
+    def write_hand(self, pad: Optional[dict], photo: Optional[str], shows: Optional[str], number: str) -> tuple:
+        """The hand part's pictures and message: the number in the hand, the upload as prepared and the model's copy,
+        or none of them and the API's message (shown under the drawing). Not a validator, as in the seeds part:
+        Gradio's sketchpad hands its drawing to the first function that reads it only, and a validator is one."""
+        gr = gradio()
+        try:
+            return *self.hand_pictures(hand_body(pad, photo, shows, number)), gr.update(value="", visible=False)
+        except ApiError as error:
+            return None, None, None, gr.update(value=f"**{error}**", visible=True)
 
 
 def build_page(backend: Backend) -> "gr.Blocks":
@@ -194,6 +261,34 @@ def build_page(backend: Backend) -> "gr.Blocks":
         # pasted with the mouse would not draw. always_last: a burst of changes draws twice, not each time.
         gr.on([page.load, number.change, digit.change, count.change, seed.change], backend.draw, inputs, image,
               validator=backend.check, trigger_mode="always_last", show_progress="minimal")
+
+        gr.Markdown("## Your hand\n"
+                    "Draw one digit, or upload a photo of one written on paper, and say which digit it is: the served "
+                    "model finds the hand that writes it so (the API's `hand`), then writes the number in it.")
+        with gr.Row():
+            with gr.Column():
+                # Black ink on a transparent canvas: the API reads the alpha as the ink.
+                pad = gr.Sketchpad(label="Draw one digit", type="numpy", image_mode="RGBA", canvas_size=PAD_SIZE,
+                                   brush=gr.Brush(default_size=18, colors=["#000000"], color_mode="fixed"),
+                                   layers=False, transforms=(), format="png", elem_id="pad")
+                hand_message = gr.Markdown(visible=False, elem_id="hand-message")  # the API's refusal, if any
+                photo = gr.Image(label="or upload a photo of one digit", type="filepath", sources=["upload"],
+                                 height=160, elem_id="photo")
+            with gr.Column():
+                shows = gr.Radio([str(d) for d in range(10)], value=None, label="It is the digit",
+                                 info="which digit you drew (`hand.digit`)", elem_id="shows")
+                hand_number = gr.Textbox(value="2026", label="Write", max_lines=1, info="the number (`digits`)",
+                                         elem_id="hand-number")
+                written = gr.Image(label="in your hand (PNG from TorchServe)", type="filepath", format="png",
+                                   interactive=False, buttons=["download"], height=120, elem_id="written")
+                with gr.Row():
+                    prepared = gr.Image(label="your digit, as the model reads it", type="filepath", format="png",
+                                        interactive=False, height=120, elem_id="prepared")
+                    copy = gr.Image(label="the model's copy", type="filepath", format="png", interactive=False,
+                                    height=120, elem_id="copy")
+        gr.on([pad.change, photo.change, shows.change, hand_number.change], backend.write_hand,
+              [pad, photo, shows, hand_number], [written, prepared, copy, hand_message], trigger_mode="always_last",
+              show_progress="minimal")
     return page
 
 

@@ -2,6 +2,7 @@
 it (generator.find_hand), and the handler's answers, loaded from the real archive by TorchServe's worker code."""
 import base64
 import io
+import sys
 
 import numpy as np
 import orjson
@@ -196,3 +197,22 @@ def test_style_of_the_test_strokes_is_what_their_names_say():
     # The strokes above differ in the style measures the evaluation reads: the cases cover both ends.
     measures = style_measures(torch.from_numpy(np.stack([stroke(1, 0.3), stroke(5, -0.3)]))[:, None])
     assert measures["slant"][0] > 0 > measures["slant"][1] and measures["ink"][1] > 3 * measures["ink"][0]
+
+
+def test_a_worker_searches_once_for_an_upload_it_has_seen_lately(handler_client, monkeypatch):
+    handler = handler_client.handler
+    module = sys.modules[type(handler).__module__]  # the handler as TorchServe's worker imported it
+    searches = []
+    real = module.find_hand
+    monkeypatch.setattr(module, "find_hand", lambda *args: searches.append(args[2]) or real(*args))
+    monkeypatch.setattr(handler, "found_hands", type(handler.found_hands)())
+    upload = stroke(thickness=2, shear=0.1)
+    first = handler_client.request(hand_body(upload, digits="12")).body
+    again = handler_client.request(hand_body(upload, digits="0")).body  # another number, the same hand
+    assert len(searches) == 1
+    assert orjson.loads(again)["hand"] == orjson.loads(first)["hand"]
+    assert handler_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 1
+    monkeypatch.setattr(module, "HANDS_KEPT", 2)
+    for shear in (0.0, -0.1, -0.2):  # three other uploads: the first one is forgotten
+        handler_client.request(hand_body(stroke(thickness=2, shear=shear)))
+    assert handler_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 5

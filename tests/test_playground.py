@@ -1,6 +1,7 @@
 """The playground (make playground) in a real browser: Debian's Chromium driven by Playwright, the page run
 as `make playground` runs it, with no TorchServe up, so it starts one (the tiny archive, on free ports) and
 stops it when it stops; every picture and message is checked against TorchServe's answer to the same request."""
+import base64
 import importlib.util
 import io
 import json
@@ -223,3 +224,95 @@ def test_a_server_that_is_down_is_named(tmp_path):
     (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "k"}}))
     with pytest.raises(ApiError, match=f"TorchServe at {server.inference_url} does not answer"):
         Backend(server).fetch({"count": 1})
+
+
+# Keeps a copy of every file a page script uploads (Gradio's sketchpad sends its drawing as blobs in FormData,
+# whose bytes Playwright cannot read from the request): the test sends the drawing to TorchServe itself.
+RECORD_UPLOADS = """
+window.__uploads = [];
+const fetchBeforeUploads = window.fetch;
+window.fetch = async (...args) => {
+    const [url, options] = args;
+    if (String(url).includes('/upload') && options && options.body instanceof FormData) {
+        for (const [, value] of options.body.entries()) {
+            if (value instanceof Blob) {
+                const bytes = new Uint8Array(await value.arrayBuffer());
+                let text = '';
+                for (const byte of bytes) text += String.fromCharCode(byte);
+                window.__uploads.push({name: value.name || '', data: btoa(text)});
+            }
+        }
+    }
+    return fetchBeforeUploads(...args);
+};
+"""
+
+
+def test_a_digit_drawn_with_the_mouse_writes_the_number_the_api_writes_in_that_hand(browser, playground):
+    from playwright.sync_api import expect
+
+    from playground.app import hand_body
+
+    url, server = playground
+    context = browser.new_context(viewport={"width": 1100, "height": 1400})
+    context.add_init_script(RECORD_UPLOADS)
+    page = context.new_page()
+    received = {}
+    page.on("response", lambda response: received.setdefault(response.url, response))
+    page.goto(url)
+    page.wait_for_selector("#digits img", timeout=60_000)
+
+    # A blank pad: the API's own message, under the pad.
+    page.locator("#shows label", has_text="1").click()
+    blank = api_png(server, hand_body(None, None, "1", "2026"))
+    assert blank.status_code == 400 and "nothing is drawn" in blank.json()["error"]
+    expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
+
+    # A "1" drawn with the mouse, as a person draws it: the brush, then one stroke down and a little left.
+    page.locator("#pad button[aria-label='Brush']").first.click()
+    box = page.locator("#pad canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 12, y + box["height"] * 0.6, steps=15)
+    page.mouse.up()
+    image = page.locator("#written img")
+    expect(image).to_have_attribute("src", re.compile(r"/2026-in-your-hand\.png$"), timeout=30_000)
+    expect(page.locator("#hand-message")).to_be_hidden()
+    src = image.get_attribute("src")
+    for _ in range(100):
+        if src in received:
+            break
+        page.wait_for_timeout(100)
+    shown = received[src].body()
+
+    # What the page sent: its drawing as the pad uploaded it last, in the page's own request.
+    drawing = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"][-1]
+    composite = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawing["data"]))).convert("RGBA"))
+    assert (composite[..., :3] < 128).any(), "the stroke is not in the drawing"
+    answer = api_png(server, hand_body({"composite": composite}, None, "1", "2026"))
+    assert answer.status_code == 200, answer.text
+    assert shown == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
+    assert pixels(shown).shape == (28, 4 * 28)  # one hand writing four digits
+    # Beside it: the upload as the API prepared it, and the model's copy of it.
+    hand = requests.post(server.predict_url, json=hand_body({"composite": composite}, None, "1", "2026"),
+                         headers=server.headers(), timeout=30).json()["hand"]
+    for elem_id, values in (("prepared", hand["image"]), ("copy", hand["copy"])):
+        picture = page.locator(f"#{elem_id} img")
+        expect(picture).to_have_attribute("src", re.compile(r"\.png$"), timeout=30_000)
+        expected = np.rint(255 * np.asarray(values)).astype(np.uint8)
+        assert np.array_equal(pixels(requests.get(picture.get_attribute("src"), timeout=10).content), expected), elem_id
+    context.close()
+
+
+def test_a_photo_is_sent_as_a_png_no_larger_than_the_api_needs(tmp_path):
+    from playground.app import PHOTO_SIDE, upload_png
+
+    photo = tmp_path / "digit.jpg"
+    Image.fromarray(np.full((3000, 2000, 3), 230, np.uint8)).save(photo, format="JPEG")  # a phone's photo
+    sent = Image.open(io.BytesIO(upload_png(None, str(photo))))
+    assert sent.format == "PNG" and sent.mode == "L" and max(sent.size) == PHOTO_SIDE
+    drawn = tmp_path / "drawn.png"
+    Image.fromarray(np.zeros((50, 40, 4), np.uint8), "RGBA").save(drawn)  # a transparent canvas keeps its alpha
+    assert Image.open(io.BytesIO(upload_png(None, str(drawn)))).mode == "RGBA"
+    assert Image.open(io.BytesIO(upload_png(None, None))).size == (280, 280)  # an empty pad is sent as one
