@@ -95,9 +95,14 @@ def _integer(body: dict, name: str, low: int, high: int, default: Optional[int],
     if name not in body:
         return default
     value = body[name]
+    # JSON has one kind of number, and JSON Schema's integers are the numbers without a fraction: 2.0 is 2
+    # (the API's document says "integer", and clients that write every number as a float send 2.0).
+    if type(value) is float and value.is_integer():
+        value = int(value)
     # bool is a subclass of int in Python, but `true` is not a count.
     if type(value) is not int:
-        raise BadRequest(f"{where}'{name}' must be an integer from {low} to {high}, got {_json_type(value)}")
+        shown = repr(value) if type(value) is float else _json_type(value)
+        raise BadRequest(f"{where}'{name}' must be an integer from {low} to {high}, got {shown}")
     if not low <= value <= high:
         raise BadRequest(f"{where}'{name}' must be an integer from {low} to {high}, got {value}")
     return value
@@ -296,10 +301,10 @@ def _hand(value: Any, num_classes: int) -> Hand:
 def _hand_array(rows: list) -> np.ndarray:
     """A 28 x 28 array as given (the API's own image format), checked value by value."""
     if len(rows) != HAND_SIDE or not all(isinstance(row, list) and len(row) == HAND_SIDE for row in rows):
-        shape = f"{len(rows)} rows" + ("" if all(isinstance(r, list) for r in rows) else ", not all of them arrays")
+        shape = f"{len(rows)} row(s)" + ("" if all(isinstance(r, list) for r in rows) else ", not all of them arrays")
         lengths = sorted({len(r) for r in rows if isinstance(r, list)})
         raise BadRequest(f"'hand'.'image' must be {HAND_SIDE} rows of {HAND_SIDE} numbers, got {shape}"
-                         + (f" of {', '.join(map(str, lengths))} values" if lengths else ""))
+                         + (f" of {', '.join(map(str, lengths))} value(s)" if lengths else ""))
     for y, row in enumerate(rows):
         for x, v in enumerate(row):
             # bool is an int in Python, but `true` is no amount of ink; NaN fails both comparisons

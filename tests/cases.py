@@ -32,8 +32,9 @@ BAD_REQUESTS = [
     ("count-negative", b'{"count": -5}', JSON, "got -5"),
     ("count-too-large", b'{"count": 257}', JSON, "got 257"),
     ("count-huge-int", b'{"count": 100000000000000000000000000000}', JSON, "'count' must be an integer"),
-    ("count-float", b'{"count": 2.0}', JSON, "got float"),
-    ("count-exponent", b'{"count": 1e2}', JSON, "got float"),
+    ("count-fraction", b'{"count": 2.5}', JSON, "'count' must be an integer from 1 to 256, got 2.5"),
+    ("count-fraction-exponent", b'{"count": 25e-1}', JSON, "got 2.5"),
+    ("count-integral-float-too-large", b'{"count": 300.0}', JSON, "'count' must be an integer from 1 to 256, got 300"),
     ("count-string", b'{"count": "4"}', JSON, "got str"),
     ("count-bool", b'{"count": true}', JSON, "got bool"),
     ("count-null", b'{"count": null}', JSON, "got null"),
@@ -53,7 +54,7 @@ BAD_REQUESTS = [
     ("digit-string", b'{"digit": "3"}', JSON, "'digit' must be an integer from 0 to 9, got str"),
     ("digit-null", b'{"digit": null}', JSON, "'digit' must be an integer from 0 to 9, got null"),
     ("digit-bool", b'{"digit": true}', JSON, "'digit' must be an integer from 0 to 9, got bool"),
-    ("digit-float", b'{"digit": 3.0}', JSON, "'digit' must be an integer from 0 to 9, got float"),
+    ("digit-fraction", b'{"digit": 3.5}', JSON, "'digit' must be an integer from 0 to 9, got 3.5"),
     ("digit-list", b'{"digit": [3]}', JSON, "'digit' must be an integer from 0 to 9, got list"),
     # a number written by one hand: "digits" (a string, so leading zeros stay)
     ("digits-integer", b'{"digits": 2139}', JSON,
@@ -127,6 +128,8 @@ GOOD_REQUESTS = [  # (fields, the answer's shape before 28 x 28)
     ({"count": 3, "seed": 4, "digits": "7"}, (3, 1)),
     ({"count": 2, "digits": "9" * 128}, (2, 128)),
     ({"digits": "0123456789" * 25 + "012345"}, (1, 256)),  # the longest number
+    ({"count": 2.0, "seed": 5.0, "digit": 3.0}, (2,)),  # JSON's numbers without a fraction are integers
+    ({"count": 1e1}, (10,)),
 ]
 
 
@@ -217,9 +220,9 @@ HAND_BAD = [  # (id, body, text the 400 message must contain)
     ("hand-digit-ten", hand_body(STROKE, shows=10), "'hand'.'digit' must be an integer from 0 to 9, got 10"),
     ("hand-digit-string", hand_body(STROKE, shows="3"), "'hand'.'digit' must be an integer from 0 to 9, got str"),
     ("hand-image-number", hand_body(5), "'hand'.'image' must be a 28x28 array of numbers in [0, 1] or a base64 PNG, got int"),
-    ("hand-27-rows", hand_body([_ROW] * 27), "'hand'.'image' must be 28 rows of 28 numbers, got 27 rows"),
-    ("hand-row-of-27", hand_body([_ROW] * 27 + [_ROW[:27]]), "got 28 rows of 27, 28 values"),
-    ("hand-flat-784", hand_body(_ROW * 28), "'hand'.'image' must be 28 rows of 28 numbers, got 784 rows, not all of them arrays"),
+    ("hand-27-rows", hand_body([_ROW] * 27), "'hand'.'image' must be 28 rows of 28 numbers, got 27 row(s)"),
+    ("hand-row-of-27", hand_body([_ROW] * 27 + [_ROW[:27]]), "got 28 row(s) of 27, 28 value(s)"),
+    ("hand-flat-784", hand_body(_ROW * 28), "'hand'.'image' must be 28 rows of 28 numbers, got 784 row(s), not all of them arrays"),
     ("hand-above-one", hand_body([_ROW] * 5 + [_ROW[:7] + [1.5] + _ROW[8:]] + [_ROW] * 22),
      "'hand'.'image' must hold numbers in [0, 1]: row 5, column 7 is 1.5"),
     ("hand-negative", hand_body([[-0.1] + _ROW[1:]] + [_ROW] * 27), "row 0, column 0 is -0.1"),
