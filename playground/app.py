@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
 import orjson
 import requests
 
@@ -115,6 +114,7 @@ def hand_body(pad: Optional[dict], photo: Optional[str], shows: Optional[str], n
 def digit_png(values: list) -> bytes:
     """A 28 x 28 image of the API's JSON (values in [0, 1]) as an 8-bit PNG, each pixel round(255 x value) as the
     API's own PNGs."""
+    import numpy as np  # with Pillow, here: the page's module loads fast (Gradio brings both when the page starts)
     from PIL import Image
 
     buffer = io.BytesIO()

@@ -71,3 +71,16 @@ def test_a_server_error_stops_with_its_message_and_writes_nothing(server, tmp_pa
     with pytest.raises(SystemExit, match="404"):
         make_dataset(server, tmp_path / "set", url=server.predict_url.replace("mnist_gan", "no_such_model"))
     assert not (tmp_path / "set").exists()
+
+
+def test_the_training_and_test_files_share_no_hand(server, tmp_path):
+    """A classifier tested on the synthetic test split must not meet its training writers there. A hand is one
+    noise vector: had one written in both files, its digit d would be the same image, byte for byte, in both."""
+    make_dataset(server, tmp_path / "set", train=100)  # ten hands, and two in the test split
+    train = torchvision.datasets.MNIST(tmp_path / "set", train=True)
+    test = torchvision.datasets.MNIST(tmp_path / "set", train=False)
+    for digit in range(10):
+        seen = {image.numpy().tobytes() for image in train.data[train.targets == digit]}
+        assert not any(image.numpy().tobytes() in seen for image in test.data[test.targets == digit]), digit
+    seeds = {split: {body["seed"] for body in requests_for(split, 60_000, 3)} for split in ("train", "t10k")}
+    assert not seeds["train"] & seeds["t10k"]  # and at full size no request seed (a set of hands) is in both

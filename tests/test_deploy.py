@@ -594,6 +594,52 @@ def test_tritonclient_sends_a_hand_and_reads_the_number_and_the_copy(v2_server, 
     assert result.as_numpy("hand_error").tolist() == [plain["hand"]["error"]]
 
 
+def deploy_readme_json(marker: str) -> dict:
+    """The JSON block after `<!-- marker -->` in deploy/README.md."""
+    after = (ROOT / "deploy" / "README.md").read_text().split(f"<!-- {marker} -->", 1)[1]
+    return json.loads(after.split("```json", 1)[1].split("```", 1)[0])
+
+
+def deploy_readme_table(first_header: str) -> list[list[str]]:
+    """The rows of deploy/README.md's table whose first column is `first_header`, each a list of cells."""
+    lines = (ROOT / "deploy" / "README.md").read_text().split(f"| {first_header} |", 1)[1].splitlines()[2:]
+    return [[cell.strip().strip("`") for cell in line.strip("|").split("|")] for line in lines[:lines.index("")]]
+
+
+def test_deploy_readme_names_the_inputs_the_contract_takes_and_the_outputs_it_gives():
+    from handler.request_contract import V2_FLOAT_TYPES, V2_HAND, V2_HAND_DIGIT, V2_OUTPUT, V2_STRING_INPUT, v2_outputs
+
+    inputs = {row[0]: row[1] for row in deploy_readme_table("input")}
+    assert inputs == {"count": "INT64", "seed": "INT64", "digit": "INT64", V2_STRING_INPUT: "BYTES",
+                      V2_HAND: V2_FLOAT_TYPES[0], V2_HAND_DIGIT: "INT64"}
+    images = np.zeros((1, 2, 28, 28))
+    outputs = v2_outputs(images, {"hand": {"copy": np.zeros((28, 28)), "error": 0.5}})
+    assert [(row[0], row[1]) for row in deploy_readme_table("output")] == [(name, "FP64") for name in outputs]
+    assert next(iter(outputs)) == V2_OUTPUT
+
+
+@pytest.mark.integration
+def test_tritonclient_gets_the_answer_deploy_readme_shows_for_its_example(v2_server):
+    import tritonclient.http as httpclient
+
+    request, answer = deploy_readme_json("v2 example request"), deploy_readme_json("v2 example answer")
+    inputs = []
+    for tensor in request["inputs"]:
+        text = tensor["datatype"] == "BYTES"
+        entry = httpclient.InferInput(tensor["name"], tensor["shape"], tensor["datatype"])
+        entry.set_data_from_numpy(np.array(tensor["data"], dtype=object if text else np.int64).reshape(tensor["shape"]),
+                                  binary_data=False)
+        inputs.append(entry)
+    outputs = [httpclient.InferRequestedOutput(output["name"], binary_data=False) for output in answer["outputs"]]
+    response = triton_client(v2_server).infer(MODEL_NAME, inputs, outputs=outputs, request_id=request["id"],
+                                              headers=v2_server.headers()).get_response()
+    assert {key: response[key] for key in ("id", "model_name", "model_version")} == \
+        {key: answer[key] for key in ("id", "model_name", "model_version")}
+    assert [(o["name"], o["datatype"], o["shape"]) for o in response["outputs"]] == \
+        [(o["name"], o["datatype"], o["shape"]) for o in answer["outputs"]]
+    assert len(response["outputs"][0]["data"]) == int(np.prod(answer["outputs"][0]["shape"]))
+
+
 @pytest.mark.integration
 def test_tritonclient_reads_the_handlers_error_message(v2_server):
     from tritonclient.utils import InferenceServerException
