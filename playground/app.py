@@ -265,7 +265,7 @@ def build_page(backend: Backend) -> "gr.Blocks":
         gr.Markdown("## Your hand\n"
                     "Draw one digit, or upload a photo of one written on paper, and say which digit it is: the served "
                     "model finds the hand that writes it so (the API's `hand`), then writes the number in it.")
-        with gr.Row():
+        with gr.Row(elem_id="your-hand"):
             with gr.Column():
                 # Black ink on a transparent canvas: the API reads the alpha as the ink.
                 pad = gr.Sketchpad(label="Draw one digit", type="numpy", image_mode="RGBA", canvas_size=PAD_SIZE,
@@ -280,12 +280,12 @@ def build_page(backend: Backend) -> "gr.Blocks":
                 hand_number = gr.Textbox(value="2026", label="Write", max_lines=1, info="the number (`digits`)",
                                          elem_id="hand-number")
                 written = gr.Image(label="in your hand (PNG from TorchServe)", type="filepath", format="png",
-                                   interactive=False, buttons=["download"], height=120, elem_id="written")
+                                   interactive=False, buttons=["download"], height=140, elem_id="written")
                 with gr.Row():
-                    prepared = gr.Image(label="your digit, as the model reads it", type="filepath", format="png",
-                                        interactive=False, height=120, elem_id="prepared")
+                    prepared = gr.Image(label="your digit, prepared", type="filepath", format="png",
+                                        interactive=False, height=150, elem_id="prepared")
                     copy = gr.Image(label="the model's copy", type="filepath", format="png", interactive=False,
-                                    height=120, elem_id="copy")
+                                    height=150, elem_id="copy")
         gr.on([pad.change, photo.change, shows.change, hand_number.change], backend.write_hand,
               [pad, photo, shows, hand_number], [written, prepared, copy, hand_message], trigger_mode="always_last",
               show_progress="minimal")

@@ -1,6 +1,7 @@
 """The browser that tests the page (tests/test_playground.py), and the README's picture of it.
 
-    python -m playground.screenshot --out docs/playground.png    # of a running `make playground`
+    python -m playground.screenshot --out docs/playground.png    # of a running `make playground`: a 7 drawn on the
+                                                                 # pad, and 2026 written in its hand
 
 Debian's Chromium (`apt-get install chromium`), driven by Playwright: never `playwright install`,
 which downloads a browser build of its own.
@@ -28,6 +29,23 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
 
 
+# Strokes as a person draws a 7 on the pad: (x, y) points, from 0 to 1 across the canvas.
+SEVEN = [[(0.32, 0.22), (0.5, 0.2), (0.7, 0.22)], [(0.7, 0.22), (0.58, 0.5), (0.45, 0.82)]]
+
+
+def draw(page: Any, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draws `strokes` on the page's pad with the mouse, the brush picked first, as a person does."""
+    page.locator("#pad button[aria-label='Brush']").first.click()
+    box = page.locator("#pad canvas").first.bounding_box()
+    for stroke in strokes:
+        points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=12)
+        page.mouse.up()
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default=f"http://127.0.0.1:{PORT}/")
@@ -39,11 +57,14 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 1100, "height": 720})
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
         page.goto(args.url)
         page.wait_for_selector("#digits img", timeout=60_000)
-        page.wait_for_timeout(500)  # the image's fade-in
-        page.screenshot(path=args.out, full_page=True)
+        draw(page, SEVEN)
+        page.locator("#shows label", has_text="7").click()
+        page.wait_for_selector("#copy img", timeout=60_000)
+        page.wait_for_timeout(1000)  # the images' fade-in
+        page.locator("#your-hand").screenshot(path=args.out)
         browser.close()
     print(args.out)
 

@@ -252,6 +252,7 @@ def test_a_digit_drawn_with_the_mouse_writes_the_number_the_api_writes_in_that_h
     from playwright.sync_api import expect
 
     from playground.app import hand_body
+    from playground.screenshot import draw
 
     url, server = playground
     context = browser.new_context(viewport={"width": 1100, "height": 1400})
@@ -269,13 +270,7 @@ def test_a_digit_drawn_with_the_mouse_writes_the_number_the_api_writes_in_that_h
     expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
 
     # A "1" drawn with the mouse, as a person draws it: the brush, then one stroke down and a little left.
-    page.locator("#pad button[aria-label='Brush']").first.click()
-    box = page.locator("#pad canvas").first.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.mouse.move(x - 12, y + box["height"] * 0.6, steps=15)
-    page.mouse.up()
+    draw(page, [[(0.5, 0.2), (0.47, 0.8)]])
     image = page.locator("#written img")
     expect(image).to_have_attribute("src", re.compile(r"/2026-in-your-hand\.png$"), timeout=30_000)
     expect(page.locator("#hand-message")).to_be_hidden()
