@@ -3,6 +3,7 @@
 The request contract (fields, limits, error messages) lives in request_contract.py;
 TorchServe requires this file to define exactly one class, the handler.
 """
+import hashlib
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ class DigitGANHandler(BaseHandler):
         adapt_kservev2_envelope()  # with service_envelope=kservev2: protocol error bodies, 400 not 503
         self.v2 = False
         self.rng = torch.Generator()  # reseeded for every request
-        self.found_hands: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()
+        self.found_hands: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()  # by (digit, upload's digest)
         logger.info("loaded %s generator (%s) on %s", self.metadata.get("preset"), self.metadata["model"],
                     "ONNX Runtime" if self.session else f"PyTorch ({self.device})")
 
@@ -152,7 +153,7 @@ class DigitGANHandler(BaseHandler):
     def _find_hand(self, image: np.ndarray, digit: int) -> torch.Tensor:
         """find_hand on the upload (in PyTorch: ONNX Runtime computes no gradients), or the hand this worker found
         for the same upload lately: a person writing one number after another in their hand waits once."""
-        key = (digit, image.tobytes())
+        key = (digit, hashlib.sha256(image.tobytes()).digest())  # a digest: the upload itself is not kept
         if key in self.found_hands:
             self.found_hands.move_to_end(key)
         else:

@@ -1,45 +1,26 @@
 """The served API: what a request may contain, its limits, the errors it gets, and the answer's formats.
 
-Request body (Content-Type: application/json), every field optional:
-    {"count": 1..256, "seed": 0..2**63-1, "digit": 0..9}
-    {"count": hands, "seed": ..., "digits": "02139"}: a number written by `count` hands
-`digits` is a string of 1 to 256 characters 0-9 (a string, so leading zeros stay), not allowed beside
-`digit`, with count x len(digits) <= 256. Each hand writes the whole number, one image per character,
-from one noise vector. The seed picks the hands: hand i is the i-th noise vector the seed draws,
-whatever the digits, so hand i's j-th image is, bit for bit, image i of {"count": count, "seed": seed,
-"digit": digits[j]}, and {"digits": "3", "seed": s} is {"digit": 3, "seed": s}. (One hand writes a digit
-the same way each time it occurs in the number.) Without a seed, the hands are new at every call.
-Answer, by the request's Accept header (content negotiation, q-values honoured):
-    application/json (the default, also for no Accept and */*):
-        {"images": [count x 28 x 28 floats in [0, 1], rounded to 4 decimals]}
-        with digits: count x len(digits) x 28 x 28, one row per hand
-    image/png: the digits as one 8-bit grayscale PNG, white on black as in MNIST: count=1 is the 28x28
-        digit, more are a grid of ceil(sqrt(count)) columns with a 2-pixel gray gap; with digits, one
-        row per hand, its digits side by side with no gap (they read as one written number) and a
-        2-pixel gray gap between hands. Each pixel is round(255 x value) of the JSON answer's value,
-        so a seed gives byte-identical PNGs.
-Anything else answers 400 with {"error": "...", "code": 400}, per request: a bad request never
-fails the good ones TorchServe batched with it. An Accept that allows neither format answers 406
-with the same JSON error body. Errors are always JSON, whatever Accept asked for.
+docs/openapi.yaml describes the API for people and tools (tests/test_openapi.py holds its limits to these);
+deploy/README.md the Open Inference Protocol route. In short, a JSON object with any of:
+    count 1..256, seed 0..2**63-1, digit 0..9, digits "02139" (count x len(digits) <= 256, not with digit),
+    hand {"image": 28 x 28 values in [0, 1], or a base64 PNG; "digit": 0..9} (count 1, no seed)
+A hand is one noise vector: hand i is the i-th vector the seed draws, whatever the digits, so hand i's j-th
+image is, bit for bit, image i of {"count": count, "seed": seed, "digit": digits[j]}. With `hand`, the vector
+is found from the uploaded digit (generator.find_hand) and writes `digits` (or `digit`, or 0-9): the same upload
+gives the same answer. The answer follows Accept (q-values honoured; JSON on a tie and without Accept):
+    application/json: {"images": count x 28 x 28 (or count x len(digits) x 28 x 28), 4 decimals}, with a hand
+        also {"hand": {"image": the upload as prepared, "copy": the model's copy, "error": their MSE}}
+    image/png: one 8-bit grayscale PNG, white on black: the digit, a grid of ceil(sqrt(count)) columns with a
+        2-pixel gray gap, or one row per hand with its digits side by side; pixel = round(255 x value)
+Anything else answers 400 {"error": "...", "code": 400}, per request (a bad request never fails the good
+ones TorchServe batched with it), or 406 for an Accept that allows neither format; errors are always JSON.
 
-Open Inference Protocol (KServe v2), when TorchServe runs with service_envelope=kservev2
-(TS_SERVICE_ENVELOPE=kservev2), e.g. POST /v2/models/mnist_gan/infer:
-    {"inputs": [{"name": "count", "datatype": "INT64", "shape": [1], "data": [4]},
-                {"name": "seed",  "datatype": "INT64", "shape": [1], "data": [7]},
-                {"name": "digit", "datatype": "INT64", "shape": [1], "data": [3]}]}
-    or, for a number: {"name": "digits", "datatype": "BYTES", "shape": [1], "data": ["02139"]}
-Every input is optional, with the same names, limits and messages as the JSON fields. Response:
-    {"id": ..., "model_name": "mnist_gan", "model_version": "1.0",
-     "outputs": [{"name": "images", "datatype": "FP64", "shape": [count, 28, 28], "data": [...]}]}
-with digits the shape is [count, len(digits), 28, 28]. `data` is the tensor flattened in row-major
-order, as the protocol has it (TorchServe's envelope writes every shape flat; adapt_kservev2_envelope
-writes the real one). FP64 because the envelope
-writes Python floats with json.dumps: the 4-decimal values as float32 would print 17 digits
-each (count=256 would pass max_response_size); as doubles they print as the plain route does.
-A bad request answers 400 with the protocol's error body {"error": "..."}; so does a request in the
-binary data extension (tritonclient's default), which is not supported: send JSON tensors.
-Health and metadata (/v2/health/*, /v2/models/mnist_gan[/ready]) are KServe's wrapper's to answer:
-TorchServe itself answers 404 there (deploy/README.md).
+Open Inference Protocol (KServe v2), with service_envelope=kservev2: the same fields as one-element input
+tensors (INT64; `digits` BYTES), a hand as `hand` (FP32 [28, 28]) with `hand_digit`; outputs `images` in its
+real shape, and with a hand `hand_copy` and `hand_error`. FP64 because the envelope writes Python floats
+with json.dumps: the 4-decimal values as float32 would print 17 digits each (count=256 would pass
+max_response_size); as doubles they print as the plain route does. A bad request answers 400 with the
+protocol's body {"error": "..."}; so does one in the binary data extension (tritonclient's default).
 """
 import base64
 import io

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cases import (DARK_ON_LIGHT, HAND_BAD, HAND_GOOD, JSON, PNG, RUNTIME_AND_ROUNDING, STROKE, decode_png,
                    hand_body, number_rows_size, png_base64, stroke)
-from handler.generator import HAND_CANDIDATES, HAND_SEED, find_hand, sample_noise
+from handler.generator import find_hand, sample_noise
 from handler.request_contract import BadRequest, mnist_box, prepare_png
 from experiments.one_hand import style_measures
 
@@ -107,8 +107,7 @@ def test_a_drawn_digit_finds_a_hand_that_copies_it_far_better_than_random_hands(
             random_hands = sample_noise(model, 256, torch.Generator().manual_seed(99))
             random_errors = ((model(random_hands, torch.full((256,), digit))[:, 0] - drawn) ** 2).mean((1, 2))
         found = find_hand(model, drawn, digit)
-        assert found.shape == (model.latent_dim,)
-        assert found.norm().item() == pytest.approx(model.noise_std * model.latent_dim ** 0.5, rel=1e-4)
+        assert found.shape == (model.latent_dim,) and torch.isfinite(found).all()
         with torch.inference_mode():
             copy = model(found[None], torch.full((1,), digit))[0, 0]
         assert ((copy - drawn) ** 2).mean() < 0.2 * random_errors.min(), digit
@@ -119,9 +118,7 @@ def test_the_search_is_the_same_under_inference_mode_and_repeats_bit_for_bit(mod
         first = find_hand(model, torch.from_numpy(STROKE), 1)
     assert torch.equal(first, find_hand(model, torch.from_numpy(STROKE), 1))
     assert not torch.equal(first, find_hand(model, torch.from_numpy(stroke(shear=-0.3)), 1))
-    starts = sample_noise(model, HAND_CANDIDATES, torch.Generator().manual_seed(HAND_SEED))
-    starts = starts * (first.norm() / starts.norm(dim=1, keepdim=True))
-    assert (starts - first).abs().max(1).values.min() > 1e-3  # it searched on from the closest candidate
+    assert first.abs().max() > 0.1  # it searched away from the mean hand it starts at
     assert all(p.grad is None for p in model.parameters())  # the weights took no gradient
 
 
@@ -216,3 +213,27 @@ def test_a_worker_searches_once_for_an_upload_it_has_seen_lately(handler_client,
     for shear in (0.0, -0.1, -0.2):  # three other uploads: the first one is forgotten
         handler_client.request(hand_body(stroke(thickness=2, shear=shear)))
     assert handler_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 5
+
+
+class ShowsFiveOfTheNoise(torch.nn.Module):
+    """A stand-in generator whose digit shows only the first five numbers of the noise, as a real digit shows only
+    part of a hand: the search must leave the rest of the hand as the mean hand has it."""
+
+    latent_dim, noise, noise_std = 20, "normal", 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(784, 5, generator=torch.Generator().manual_seed(0)) / 3)
+
+    def forward(self, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(noise[:, :5] @ self.weight.T).view(-1, 1, 28, 28)
+
+
+def test_what_the_digit_does_not_show_of_a_hand_stays_the_mean_hands():
+    model = ShowsFiveOfTheNoise()
+    hand = torch.tensor([[0.8, -0.5, 1.2, 0.3, -1.0] + [1.5] * 15])
+    with torch.inference_mode():
+        drawn = model(hand, torch.zeros(1, dtype=torch.long))[0, 0]
+    found = find_hand(model, drawn, 0, iterations=100)
+    assert torch.equal(found[5:], torch.zeros(15))  # not made up: nothing in the digit asks for them
+    assert torch.allclose(found[:5], hand[0, :5], atol=0.05)  # what the digit shows is found
