@@ -26,7 +26,6 @@ import orjson
 import requests
 
 from scripts import CONFIG, MODEL_NAME, ROOT
-from scripts.client import Client
 from scripts.server import TorchServe
 from train.files import write_bytes
 
@@ -138,7 +137,7 @@ class Backend:
     def __init__(self, server: TorchServe) -> None:
         self.server = server
         # The key is read from the server's key_file.json for each request, and renewed when it expires.
-        self.client = Client(server.predict_url, server.workdir / "key_file.json", server.management_url)
+        self.client = server.client()
         # The validator (check) draws the picture to learn whether the API refuses the request; the draw
         # that follows takes it from here instead of asking twice.
         self._drawn: dict[str, str] = {}

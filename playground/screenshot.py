@@ -36,7 +36,9 @@ SEVEN = [[(0.32, 0.22), (0.5, 0.2), (0.7, 0.22)], [(0.7, 0.22), (0.58, 0.5), (0.
 def draw(page: Any, strokes: list[list[tuple[float, float]]]) -> None:
     """Draws `strokes` on the page's pad with the mouse, the brush picked first, as a person does."""
     page.locator("#pad button[aria-label='Brush']").first.click()
-    box = page.locator("#pad canvas").first.bounding_box()
+    canvas = page.locator("#pad canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
     for stroke in strokes:
         points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
         page.mouse.move(*points[0])

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import requests
 
 from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
+from scripts.client import Client
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"  # the Java main class, in the frontend's command line
@@ -170,9 +171,15 @@ class TorchServe:
             raise RuntimeError(f"torchserve --start failed; see {self.workdir / 'torchserve.out'}")
         self.wait_ready(timeout)
 
+    def client(self) -> Client:
+        """A Client of this server: its key from key_file.json, renewed when it expires."""
+        return Client(self.predict_url, self.workdir / "key_file.json", self.management_url)
+
     def probe(self) -> requests.Response:
-        """The real request that says the model answers (a subclass may send another kind)."""
-        return requests.post(self.predict_url, json={"count": 1, "seed": 0}, headers=self.headers(), timeout=10)
+        """The real request that says the model answers (a subclass may send another kind). Through a Client: with
+        keys that live less than a start takes (token_expiration_min), the first key has expired by the time the
+        model answers."""
+        return self.client().post({"count": 1, "seed": 0}, accept="application/json", timeout=10)
 
     def __enter__(self) -> "TorchServe":
         self.start()

@@ -81,9 +81,32 @@ def tiny_model_dir(tiny_store, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tutorial_model_dir(tiny_tutorial_run, tmp_path_factory) -> Path:
-    store = tmp_path_factory.mktemp("tutorial_store")
-    build_archive(tiny_tutorial_run / "generator.pt", tiny_tutorial_run / "generator.json", store)
+    store = built_once(tmp_path_factory, "tutorial_store", lambda store: build_archive(
+        tiny_tutorial_run / "generator.pt", tiny_tutorial_run / "generator.json", store))
     return unpack_archive(store / "mnist_gan.mar", tmp_path_factory.mktemp("tutorial_model_dir"))
+
+
+@pytest.fixture(scope="session")
+def small_classifier(tmp_path_factory, data_dir):
+    """(classifier, its test accuracy): the evaluation's recipe on the first 6,000 training digits, 2 epochs, seed 0;
+    a stand-in for `make evaluate`'s classifier that trains in seconds, trained once for the whole run."""
+    import json
+
+    import torch
+
+    from experiments.classifier import MnistClassifier
+    from experiments.evaluate import train_classifier
+
+    def train(folder: Path) -> None:
+        torch.manual_seed(0)
+        classifier, accuracy = train_classifier(data_dir, epochs=2, limit=6000)
+        torch.save(classifier.state_dict(), folder / "classifier.pt")
+        (folder / "accuracy.json").write_text(json.dumps(accuracy))
+
+    folder = built_once(tmp_path_factory, "small_classifier", train)
+    classifier = MnistClassifier()
+    classifier.load_state_dict(torch.load(folder / "classifier.pt", weights_only=True))
+    return classifier.eval(), json.loads((folder / "accuracy.json").read_text())
 
 
 @pytest.fixture(scope="session")

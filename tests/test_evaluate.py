@@ -20,9 +20,8 @@ CAS_SEEDS = 1
 
 
 @pytest.fixture(scope="module")
-def setup(data_dir):
-    torch.manual_seed(0)
-    classifier, accuracy = train_classifier(data_dir, epochs=2, limit=6000)
+def setup(data_dir, small_classifier):
+    classifier, accuracy = small_classifier
     test_images, test_labels = load_mnist(data_dir, train=False)
     evaluator = Evaluator(classifier, test_images[:2000], test_labels[:2000])
     train_images, train_labels = load_mnist(data_dir, train=True, limit=6000)

@@ -108,10 +108,11 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)))
 
 
-def test_page_draws_what_the_api_draws_shows_its_errors_and_never_the_key(browser, playground):
+def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors_and_never_the_key(browser, playground):
     from playwright.sync_api import expect
 
-    from playground.app import ensure_server
+    from playground.app import ensure_server, hand_body
+    from playground.screenshot import draw
 
     url, server = playground
     running = server.pid()
@@ -119,6 +120,7 @@ def test_page_draws_what_the_api_draws_shows_its_errors_and_never_the_key(browse
     assert server.pid() == running
     context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
     context.add_init_script(RECORD_FETCHES)
+    context.add_init_script(RECORD_UPLOADS)
     page = context.new_page()
     sent, received = [], {}
     page.on("request", lambda request: sent.append(request))
@@ -179,6 +181,41 @@ def test_page_draws_what_the_api_draws_shows_its_errors_and_never_the_key(browse
     assert refusal.status_code == 400 and "'count'" in refusal.json()["error"]
     expect(page.locator("#count div.validation-error")).to_have_text(refusal.json()["error"])
     assert "Traceback" not in page.content()
+
+    # Your hand. A blank pad: the API's own message, under the pad.
+    page.locator("#shows label", has_text="1").click()
+    blank = api_png(server, hand_body(None, None, "1", "2026"))
+    assert blank.status_code == 400 and "nothing is drawn" in blank.json()["error"]
+    expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
+
+    # A "1" drawn with the mouse, as a person draws it: the brush, then one stroke down and a little left.
+    draw(page, [[(0.5, 0.2), (0.47, 0.8)]])
+    image = page.locator("#written img")
+    expect(image).to_have_attribute("src", re.compile(r"/2026-in-your-hand\.png$"), timeout=30_000)
+    expect(page.locator("#hand-message")).to_be_hidden()
+    src = image.get_attribute("src")
+    for _ in range(100):
+        if src in received:
+            break
+        page.wait_for_timeout(100)
+    shown = received[src].body()
+
+    # What the page sent: its drawing as the pad uploaded it last, in the page's own request.
+    drawing = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"][-1]
+    composite = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawing["data"]))).convert("RGBA"))
+    assert (composite[..., :3] < 128).any(), "the stroke is not in the drawing"
+    answer = api_png(server, hand_body({"composite": composite}, None, "1", "2026"))
+    assert answer.status_code == 200, answer.text
+    assert shown == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
+    assert pixels(shown).shape == (28, 4 * 28)  # one hand writing four digits
+    # Beside it: the upload as the API prepared it, and the model's copy of it.
+    hand = requests.post(server.predict_url, json=hand_body({"composite": composite}, None, "1", "2026"),
+                         headers=server.headers(), timeout=30).json()["hand"]
+    for elem_id, values in (("prepared", hand["image"]), ("copy", hand["copy"])):
+        picture = page.locator(f"#{elem_id} img")
+        expect(picture).to_have_attribute("src", re.compile(r"\.png$"), timeout=30_000)
+        expected = np.rint(255 * np.asarray(values)).astype(np.uint8)
+        assert np.array_equal(pixels(requests.get(picture.get_attribute("src"), timeout=10).content), expected), elem_id
 
     # Nothing the browser received holds a key: URLs, headers, bodies, what scripts read as it streamed,
     # the page itself, its cookies and storage. Every request stayed on the page's own address.
@@ -246,58 +283,6 @@ window.fetch = async (...args) => {
     return fetchBeforeUploads(...args);
 };
 """
-
-
-def test_a_digit_drawn_with_the_mouse_writes_the_number_the_api_writes_in_that_hand(browser, playground):
-    from playwright.sync_api import expect
-
-    from playground.app import hand_body
-    from playground.screenshot import draw
-
-    url, server = playground
-    context = browser.new_context(viewport={"width": 1100, "height": 1400})
-    context.add_init_script(RECORD_UPLOADS)
-    page = context.new_page()
-    received = {}
-    page.on("response", lambda response: received.setdefault(response.url, response))
-    page.goto(url)
-    page.wait_for_selector("#digits img", timeout=60_000)
-
-    # A blank pad: the API's own message, under the pad.
-    page.locator("#shows label", has_text="1").click()
-    blank = api_png(server, hand_body(None, None, "1", "2026"))
-    assert blank.status_code == 400 and "nothing is drawn" in blank.json()["error"]
-    expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
-
-    # A "1" drawn with the mouse, as a person draws it: the brush, then one stroke down and a little left.
-    draw(page, [[(0.5, 0.2), (0.47, 0.8)]])
-    image = page.locator("#written img")
-    expect(image).to_have_attribute("src", re.compile(r"/2026-in-your-hand\.png$"), timeout=30_000)
-    expect(page.locator("#hand-message")).to_be_hidden()
-    src = image.get_attribute("src")
-    for _ in range(100):
-        if src in received:
-            break
-        page.wait_for_timeout(100)
-    shown = received[src].body()
-
-    # What the page sent: its drawing as the pad uploaded it last, in the page's own request.
-    drawing = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"][-1]
-    composite = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawing["data"]))).convert("RGBA"))
-    assert (composite[..., :3] < 128).any(), "the stroke is not in the drawing"
-    answer = api_png(server, hand_body({"composite": composite}, None, "1", "2026"))
-    assert answer.status_code == 200, answer.text
-    assert shown == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
-    assert pixels(shown).shape == (28, 4 * 28)  # one hand writing four digits
-    # Beside it: the upload as the API prepared it, and the model's copy of it.
-    hand = requests.post(server.predict_url, json=hand_body({"composite": composite}, None, "1", "2026"),
-                         headers=server.headers(), timeout=30).json()["hand"]
-    for elem_id, values in (("prepared", hand["image"]), ("copy", hand["copy"])):
-        picture = page.locator(f"#{elem_id} img")
-        expect(picture).to_have_attribute("src", re.compile(r"\.png$"), timeout=30_000)
-        expected = np.rint(255 * np.asarray(values)).astype(np.uint8)
-        assert np.array_equal(pixels(requests.get(picture.get_attribute("src"), timeout=10).content), expected), elem_id
-    context.close()
 
 
 def test_a_photo_is_sent_as_a_png_no_larger_than_the_api_needs(tmp_path):
