@@ -6,10 +6,10 @@ import it, so the served network is the trained one by construction. The handler
 builds it with the keyword arguments recorded in `generator.json`, so the served
 settings are the training run's (train/config.py), whatever the defaults here.
 """
-import math
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -158,7 +158,7 @@ def onnx_feeds(noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> di
 
 
 # Finding a hand (GAN inversion): the search's settings, measured in docs/quality.md's "Your hand" section.
-HAND_ITERATIONS = 30  # L-BFGS iterations (each one or a few forward and backward passes)
+HAND_ITERATIONS = 30  # L-BFGS-B iterations (each one or a few forward and backward passes)
 # How much the noise's own prior weighs against the pixels: higher keeps the hand nearer the mean hand, whose other
 # digits are more legible and keep the drawn style better, but copy the upload less closely (measured: 0.003).
 HAND_PRIOR = 0.003
@@ -170,25 +170,26 @@ def find_hand(model: Generator, image: torch.Tensor, digit: int, iterations: int
     noise: its cube), minimised by L-BFGS from the mean hand. What the digit does not show of a hand stays the mean
     hand's, so the other digits are not written with strokes the search made up. Deterministic: the same image and
     digit give the same vector, bit for bit, on one thread. Runs with gradients even under inference mode."""
+    # SciPy's L-BFGS-B, not torch.optim's: an Optimizer's first use imports TorchDynamo (seconds, in every worker).
+    from scipy.optimize import minimize
+
+    normal = model.noise == "normal"
+
+    def loss_and_gradient(values: np.ndarray) -> tuple[float, np.ndarray]:
+        noise = torch.from_numpy(values.astype(np.float32)).view(1, -1).requires_grad_(True)
+        loss = ((model(noise, labels) - target) ** 2).mean()
+        if normal:
+            loss = loss + HAND_PRIOR * (noise ** 2).mean() / model.noise_std ** 2
+        gradient, = torch.autograd.grad(loss, noise)  # the noise's gradient only, not the weights'
+        return loss.item(), gradient.double().numpy().ravel()
+
     with torch.inference_mode(False), torch.enable_grad(), _without_onednn():
-        target = image.detach().clone().float().view(1, *IMAGE_SHAPE)
-        normal = model.noise == "normal"
-        free = torch.full((1, model.latent_dim), 0.0 if normal else 0.5, requires_grad=True)
+        target = image.detach().clone().float().view(1, *IMAGE_SHAPE)  # made here: no inference tensor in the graph
         labels = torch.full((1,), digit)
-        optimizer = torch.optim.LBFGS([free], max_iter=iterations, max_eval=iterations * 5 // 4,
-                                      line_search_fn="strong_wolfe", tolerance_grad=0, tolerance_change=0)
-
-        def loss() -> torch.Tensor:
-            optimizer.zero_grad()
-            noise = free if normal else free.clamp(0, 1)
-            error = ((model(noise, labels) - target) ** 2).mean()
-            if normal:
-                error = error + HAND_PRIOR * (free ** 2).mean() / model.noise_std ** 2
-            free.grad, = torch.autograd.grad(error, free)  # the noise's gradient only, not the weights'
-            return error
-
-        optimizer.step(loss)
-        return (free if normal else free.clamp(0, 1)).detach()[0]
+        found = minimize(loss_and_gradient, np.full(model.latent_dim, 0.0 if normal else 0.5), jac=True,
+                         method="L-BFGS-B", bounds=None if normal else [(0.0, 1.0)] * model.latent_dim,
+                         options={"maxiter": iterations, "maxfun": iterations * 5 // 4})
+    return torch.from_numpy(found.x.astype(np.float32))
 
 
 @contextmanager

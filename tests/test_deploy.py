@@ -659,3 +659,28 @@ def test_tritonclient_binary_tensors_get_a_clear_message(v2_server):
     with pytest.raises(InferenceServerException) as error:
         client.infer(MODEL_NAME, triton_inputs(True, count=1), headers=v2_server.headers())  # the client's default
     assert "binary_data=False" in error.value.message()
+
+
+# What TorchServe's images bring (torch with torchvision, so numpy and Pillow, and TorchServe itself, ts).
+IMAGE_PROVIDES = {"torch", "torchvision", "numpy", "PIL", "ts"}
+PIP_NAMES = {"PIL": "pillow"}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.kserve"])
+def test_each_image_installs_every_package_the_handler_imports(dockerfile):
+    import ast
+    import sys
+
+    imported = set()
+    for source in (ROOT / "handler").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    handler_files = {path.stem for path in (ROOT / "handler").glob("*.py")}
+    third_party = imported - set(sys.stdlib_module_names) - handler_files - IMAGE_PROVIDES
+    assert third_party >= {"orjson", "onnxruntime", "scipy"}, third_party  # the check reads lazy imports too
+    installed = (ROOT / "deploy" / dockerfile).read_text()
+    missing = [name for name in third_party if f'"{PIP_NAMES.get(name, name)}' not in installed]
+    assert not missing, f"deploy/{dockerfile} does not install {missing}, which handler/ imports"
