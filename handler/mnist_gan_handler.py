@@ -57,6 +57,9 @@ class DigitGANHandler(BaseHandler):
             raise ValueError(f"GAN_WORKER_THREADS must be a whole number of threads, 1 or more: got {setting!r}")
         threads = int(setting)
         torch.set_num_threads(threads)
+        # SciPy's OpenBLAS (the search for a hand) starts a thread per core when it loads, at the first hand, unless
+        # told otherwise: two workers' spinning threads then slow each other's searches severalfold.
+        os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
         model_dir = context.system_properties.get("model_dir")
         with open(os.path.join(model_dir, METADATA_FILE)) as f:
             self.metadata = json.load(f)

@@ -2,6 +2,7 @@
 it (generator.find_hand), and the handler's answers, loaded from the real archive by TorchServe's worker code."""
 import base64
 import io
+import os
 import sys
 
 import numpy as np
@@ -237,3 +238,9 @@ def test_what_the_digit_does_not_show_of_a_hand_stays_the_mean_hands():
     found = find_hand(model, drawn, 0, iterations=100)
     assert torch.equal(found[5:], torch.zeros(15))  # not made up: nothing in the digit asks for them
     assert torch.allclose(found[:5], hand[0, :5], atol=0.05)  # what the digit shows is found
+
+
+def test_the_worker_keeps_scipys_blas_to_its_own_thread_count(handler_client):
+    # SciPy's OpenBLAS reads this when it loads, at a worker's first hand: unset, each worker's search would start
+    # a thread per core, and two workers' threads spin against each other.
+    assert os.environ["OPENBLAS_NUM_THREADS"] == str(torch.get_num_threads()) == "1"
