@@ -17,7 +17,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from generator import METADATA_FILE, ONNX_FILE, Generator, find_hand, onnx_feeds, sample_latent, sample_noise
-from request_contract import (DECIMALS, JSON_TYPE, V2_OUTPUT, BadRequest, GenerationRequest, adapt_kservev2_envelope,
+from request_contract import (DECIMALS, JSON_TYPE, BadRequest, GenerationRequest, adapt_kservev2_envelope,
                               encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error,
                               v2_outputs)
 

@@ -128,3 +128,14 @@ def server(tiny_store, tmp_path_factory) -> TorchServe:
     # The frontend and at least its workers (after the tests that kill workers, a replacement can still be starting).
     assert len(processes) >= 1 + read_model_config()["minWorkers"], processes
     assert not [pid for pid in processes if _alive(pid)], "stop() left processes running"
+
+
+# make test runs the files in two processes (pytest-xdist, a file whole in one): the longest ones go first, so that
+# the short ones fill in at the end instead of one process finishing a long file alone.
+LONGEST_FIRST = ("test_evaluate.py", "test_train.py", "test_server.py", "test_deploy.py", "test_demo.py",
+                 "test_playground.py", "test_archive.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: each file keeps its own order

@@ -12,7 +12,7 @@ from train.data import load_mnist
 from experiments import evaluate as E
 from experiments.evaluate import (TARGET_CAS_GAP, Evaluator, balanced_subset, binomial_blur, diversity_ratios,
                                   generate_per_digit, kl_to_uniform, mean_pairwise_distance, predict, shift_one_pixel,
-                                  target_checks, train_classifier)
+                                  target_checks)
 
 CAS_EPOCHS = 3  # small sets, few epochs and one classifier: each CAS here trains for seconds, not minutes
 CAS_PER_DIGIT = 200

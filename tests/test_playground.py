@@ -198,7 +198,7 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
         if src in received:
             break
         page.wait_for_timeout(100)
-    shown = received[src].body()
+    shown_png = received[src].body()
 
     # What the page sent: its drawing as the pad uploaded it last, in the page's own request.
     drawing = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"][-1]
@@ -206,8 +206,8 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     assert (composite[..., :3] < 128).any(), "the stroke is not in the drawing"
     answer = api_png(server, hand_body({"composite": composite}, None, "1", "2026"))
     assert answer.status_code == 200, answer.text
-    assert shown == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
-    assert pixels(shown).shape == (28, 4 * 28)  # one hand writing four digits
+    assert shown_png == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
+    assert pixels(shown_png).shape == (28, 4 * 28)  # one hand writing four digits
     # Beside it: the upload as the API prepared it, and the model's copy of it.
     hand = requests.post(server.predict_url, json=hand_body({"composite": composite}, None, "1", "2026"),
                          headers=server.headers(), timeout=30).json()["hand"]

@@ -11,7 +11,6 @@ from experiments.your_hand import (PHOTO_SIDE, as_photo, others_of, pooled_corre
                                    within_digit_correlation)
 from handler.request_contract import prepare_png
 from train.artifacts import load_run
-from train.files import save_json
 
 
 def test_within_digit_correlation_sees_the_hand_where_the_digits_hide_it():
@@ -54,7 +53,7 @@ def evaluator(data_dir, small_classifier):
 
 def test_the_section_measures_the_served_model_against_its_targets(evaluator, tiny_run):
     text = section(load_run(tiny_run)[0], evaluator.classifier, evaluator.test_images, evaluator.test_labels,
-                   uploads=12, ceiling_hands=200)
+                   uploads=8, ceiling_hands=100)
     assert text.startswith("## Your hand\n")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "×" in line]
     assert len(rows) == 2 and rows[0].startswith("| 28 x 28 arrays") and rows[1].startswith("| PNG photos")
@@ -64,25 +63,8 @@ def test_the_section_measures_the_served_model_against_its_targets(evaluator, ti
     assert 0 < copy < 1  # a search does better than the best of the random hands, even on a tiny model
 
 
-def served_run(tmp_path, run, evaluator):
-    """An --out-dir whose served model is `run`, with the evaluation classifier already cached."""
-    for name in ("generator.pt", "generator.json"):
-        (tmp_path / name).write_bytes((run / name).read_bytes())
-    torch.save(evaluator.classifier.state_dict(), tmp_path / "classifier.pt")
-    save_json({"test_accuracy": 0.9}, tmp_path / "classifier.json")
-    return tmp_path
-
-
 def test_an_unconditional_served_model_gets_each_section_with_why_it_is_not_measured(evaluator, tiny_tutorial_run):
     model = load_run(tiny_tutorial_run)[0]
-    sections = E.served_sections(model, evaluator)  # what make evaluate's page gets after its table
+    sections = E.served_sections(model, evaluator)  # what make evaluate's page gets after its table (--only: one)
     assert [text.split("\n", 1)[0] for text in sections] == ["## One hand", "## Your hand"]
     assert all("Not measured: the served model is unconditional" in text for text in sections)
-
-
-def test_evaluate_only_a_section_writes_it_for_an_unconditional_served_model(evaluator, tiny_tutorial_run, tmp_path,
-                                                                             data_dir):
-    out = served_run(tmp_path, tiny_tutorial_run, evaluator)  # as after `make train PRESET=tutorial`
-    E.main(["--only", "one-hand", "--out-dir", str(out), "--docs-dir", str(out / "docs"), "--data-dir", str(data_dir)])
-    page = (out / "docs" / "quality.md").read_text()
-    assert "## One hand\n\nNot measured: the served model is unconditional" in page
