@@ -26,7 +26,18 @@ class MnistClassifier(nn.Module):
         return self.head(self.dropout(self.embed(images)))
 
 
+CHUNK = 100  # images per pass: small enough to stay in the CPU's cache
+
+
+def chunks(model: MnistClassifier, images: torch.Tensor) -> list[torch.Tensor]:
+    """`images` in CHUNKs, the model's weights and the images channels-last: on a CPU, convolutions in that
+    layout run several times faster than in the default one, with the same readings (the model changes in place:
+    the same numbers, in another layout)."""
+    model.to(memory_format=torch.channels_last)
+    return [chunk.contiguous(memory_format=torch.channels_last) for chunk in images.split(CHUNK)]
+
+
 @torch.inference_mode()
 def predict(model: MnistClassifier, images: torch.Tensor) -> torch.Tensor:
-    """The digit `model` reads in each image, a thousand images at a time."""
-    return torch.cat([model(chunk).argmax(1) for chunk in images.split(1000)])
+    """The digit `model` reads in each image."""
+    return torch.cat([model(chunk).argmax(1) for chunk in chunks(model, images)])

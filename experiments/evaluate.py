@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from handler.generator import Generator, checked_noise_std, sample_latent
 from train import artifacts, files
-from experiments.classifier import FEATURES, MnistClassifier, predict
+from experiments.classifier import FEATURES, MnistClassifier, chunks, predict
 from experiments import one_hand, your_hand
 from experiments.report import table, write_section
 from train.config import ADDED_SETTINGS, make_config, settings_unknown_here
@@ -156,7 +156,7 @@ class _Computed(nn.Identity):
 @torch.inference_mode()
 def features_and_logits(model: MnistClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The classifier's penultimate features (what FID compares) and its logits, in one pass (eval mode)."""
-    features = torch.cat([model.embed(chunk) for chunk in images.split(1000)])
+    features = torch.cat([model.embed(chunk) for chunk in chunks(model, images)])
     return features, model.head(features)  # forward() without its dropout, which eval mode turns off
 
 

@@ -33,8 +33,9 @@ def launch_chromium(playwright: Any) -> Any:
 SEVEN = [[(0.32, 0.22), (0.5, 0.2), (0.7, 0.22)], [(0.7, 0.22), (0.58, 0.5), (0.45, 0.82)]]
 
 
-def draw(page: Any, strokes: list[list[tuple[float, float]]]) -> None:
-    """Draws `strokes` on the page's pad with the mouse, the brush picked first, as a person does."""
+def draw(page: Any, strokes: list[list[tuple[float, float]]], steps: int = 12) -> None:
+    """Draws `strokes` on the page's pad with the mouse, the brush picked first, as a person does: `steps` mouse
+    moves from each point to the next (each redraws the canvas, which takes a while in a headless browser)."""
     page.locator("#pad button[aria-label='Brush']").first.click()
     canvas = page.locator("#pad canvas").first
     canvas.scroll_into_view_if_needed()
@@ -44,7 +45,7 @@ def draw(page: Any, strokes: list[list[tuple[float, float]]]) -> None:
         page.mouse.move(*points[0])
         page.mouse.down()
         for point in points[1:]:
-            page.mouse.move(*point, steps=12)
+            page.mouse.move(*point, steps=steps)
         page.mouse.up()
 
 

@@ -131,11 +131,29 @@ def server(tiny_store, tmp_path_factory) -> TorchServe:
 
 
 # make test runs the files in two processes (pytest-xdist, a file whole in one): the longest ones go first, so that
-# the short ones fill in at the end instead of one process finishing a long file alone.
-LONGEST_FIRST = ("test_evaluate.py", "test_train.py", "test_server.py", "test_deploy.py", "test_demo.py",
-                 "test_playground.py", "test_archive.py")
+# the short ones fill in at the end instead of one process finishing a long file alone. (xdist's own order is by
+# the number of tests in a file, which says little about how long it runs.)
+LONGEST_FIRST = ("test_train.py", "test_server.py", "test_evaluate.py", "test_deploy.py", "test_demo.py",
+                 "test_playground.py", "test_archive.py", "test_client.py", "test_hand.py")
+# Files that use the session's `server` run in the process of the file named here, so that it starts once.
+SAME_PROCESS = {"test_dataset.py": "test_server.py"}
 
 
 def pytest_collection_modifyitems(items: list) -> None:
     order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: each file keeps its own order
+    items.sort(key=lambda item: order.get(SAME_PROCESS.get(item.path.name, item.path.name), len(order)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, in the collection's order, with the SAME_PROCESS files as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = Path(super()._split_scope(nodeid))
+            return str(path.with_name(SAME_PROCESS.get(path.name, path.name)))
+
+    config.option.loadscopereorder = False
+    return Scheduling(config, log)

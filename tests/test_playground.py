@@ -189,7 +189,7 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
 
     # A "1" drawn with the mouse, as a person draws it: the brush, then one stroke down and a little left.
-    draw(page, [[(0.5, 0.2), (0.47, 0.8)]])
+    draw(page, [[(0.5, 0.2), (0.47, 0.8)]], steps=3)
     image = page.locator("#written img")
     expect(image).to_have_attribute("src", re.compile(r"/2026-in-your-hand\.png$"), timeout=30_000)
     expect(page.locator("#hand-message")).to_be_hidden()
