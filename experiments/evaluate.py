@@ -28,8 +28,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
 from tqdm import tqdm
 
 from handler.generator import Generator, checked_noise_std, sample_latent
@@ -200,6 +198,8 @@ class Evaluator:
     """Holds the classifier, the test-set reference statistics and the per-digit real references."""
 
     def __init__(self, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor) -> None:
+        from torchmetrics.image.fid import FrechetInceptionDistance  # here: a second of imports the sections skip
+
         self.classifier = classifier.eval()
         self.fid = FrechetInceptionDistance(feature=_Computed(), reset_real_features=False)
         features, logits = features_and_logits(self.classifier, test_images)
@@ -238,6 +238,8 @@ class Evaluator:
         features, logits = features_and_logits(self.classifier, images)
         self.fid.reset()
         self.fid.update(features, real=False)
+        from torchmetrics.image.inception import InceptionScore
+
         inception = InceptionScore(feature=_Computed(), splits=10)  # on the logits
         inception.update(logits)
         score, std = inception.compute()

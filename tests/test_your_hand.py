@@ -1,5 +1,6 @@
 """make evaluate's "Your hand" measures on cases whose answer is known, and the section on a real (tiny) model."""
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,10 +47,12 @@ def test_the_photos_are_dark_ink_on_light_paper_and_prepare_back_into_the_digit(
 
 @pytest.fixture(scope="module")
 def evaluator(data_dir, small_classifier):
+    """What the sections read of make evaluate's Evaluator (a real one would import torchmetrics and measure FID's
+    references, which no section uses)."""
     from train.data import load_mnist
 
     test_images, test_labels = load_mnist(data_dir, train=False)
-    return E.Evaluator(small_classifier[0], test_images[:1000], test_labels[:1000])
+    return SimpleNamespace(classifier=small_classifier[0], test_images=test_images[:1000], test_labels=test_labels[:1000])
 
 
 def test_the_section_measures_the_served_model_against_its_targets(evaluator, tiny_run, monkeypatch):
