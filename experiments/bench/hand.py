@@ -9,9 +9,8 @@ import orjson
 import torch
 
 from experiments.bench.measure import percentile
-from experiments.bench.servers import JSON
+from experiments.bench.servers import JSON, post, run_together
 from experiments.report import table
-from scripts import MODEL_NAME
 from scripts.server import TorchServe
 
 NUMBER = "12345"
@@ -25,10 +24,8 @@ def upload_bodies(images: torch.Tensor, labels: torch.Tensor) -> list[bytes]:
 
 
 def _send(connection: http.client.HTTPConnection, headers: dict, body: bytes) -> None:
-    connection.request("POST", f"/predictions/{MODEL_NAME}", body=body, headers=headers)
-    reply = connection.getresponse()
-    data = reply.read()
-    assert reply.status == 200, (reply.status, data[:200])
+    status, answer = post(connection, headers, body)
+    assert status == 200, (status, answer[:200])
 
 
 def sequential(server: TorchServe, bodies: list[bytes]) -> list[float]:
@@ -57,13 +54,8 @@ def images_per_second(server: TorchServe, bodies: list[bytes], clients: int, sec
                 done[0] += len(NUMBER)
         connection.close()
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return done[0] / (time.perf_counter() - started)
+    elapsed = run_together(client, clients)  # first: done[0] is read once the clients have ended
+    return done[0] / elapsed
 
 
 def report(server: TorchServe, uploads: list[bytes], rounds: int, seconds: float, workers: int) -> str:

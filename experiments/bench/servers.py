@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -48,12 +49,27 @@ def empty_handler_store(tmp: Path) -> Path:
     return store
 
 
-def post_count(connection: http.client.HTTPConnection, headers: dict, count: int) -> tuple[int, bytes]:
-    """POSTs {"count": count} on a keep-alive connection: (status, body). Not `requests`: its own
+def post(connection: http.client.HTTPConnection, headers: dict, body: bytes | str) -> tuple[int, bytes]:
+    """POSTs one request body on a keep-alive connection: (status, body). Not `requests`: its own
     per-call CPU time would be taken from the server on the same two cores."""
-    connection.request("POST", f"/predictions/{MODEL_NAME}", body=json.dumps({"count": count}), headers=headers)
+    connection.request("POST", f"/predictions/{MODEL_NAME}", body=body, headers=headers)
     reply = connection.getresponse()
     return reply.status, reply.read()
+
+
+def post_count(connection: http.client.HTTPConnection, headers: dict, count: int) -> tuple[int, bytes]:
+    return post(connection, headers, json.dumps({"count": count}))
+
+
+def run_together(client: Callable[[int], None], n_clients: int) -> float:
+    """client(0) ... client(n_clients - 1), each in its own thread, all at once; the seconds until the last ends."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int], accept: str = JSON) -> dict:
@@ -85,13 +101,7 @@ def clients(server: TorchServe, n_clients: int, seconds: float, counts: list[int
         if connection:
             connection.close()
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_together(worker, n_clients)
     return dict(images_per_s=images[0] / wall, requests=len(latencies), failures=failures,
                 p50_ms=1000 * percentile(latencies, 50) if latencies else float("nan"),
                 p99_ms=1000 * percentile(latencies, 99) if latencies else float("nan"))
