@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--only", choices=["formats", "hand"], help="run one part of the benchmark")
     parser.add_argument("--data-dir", default="data", help="MNIST: the test digits that the hand section uploads")
-    parser.add_argument("--uploads", type=int, default=150, help="different uploads the hand section sends")
+    parser.add_argument("--uploads", type=int, default=400,
+                        help="different uploads the hand section sends (10 warm up, half the rest each for p50 and images/s)")
     parser.add_argument("--out", type=Path, default=PAGE)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)
