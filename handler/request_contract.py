@@ -315,14 +315,11 @@ def prepare_png(data: bytes) -> np.ndarray:
     """A PNG of one digit as MNIST's digits were made: its ink (on a transparent canvas the alpha; dark ink on
     light paper inverted), cropped to the ink, its longest side scaled to 20 px, centered by its center of mass
     in 28 x 28, the strongest ink 1. BadRequest if it is not a PNG this can read."""
-    if data[12:16] == b"IHDR":  # the size, read from the header before anything is decoded
-        width, height = struct.unpack(">II", data[16:24])
-        if max(width, height) > MAX_PNG_SIDE:
-            raise BadRequest(f"'hand'.'image' is {width}x{height} pixels: at most {MAX_PNG_SIDE} a side")
+    if data[12:16] == b"IHDR":  # the size, read from the header before anything is decoded (or Pillow's own bomb check)
+        _check_side(*struct.unpack(">II", data[16:24]))
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            if max(image.size) > MAX_PNG_SIDE:  # a header the check above could not read
-                raise BadRequest(f"'hand'.'image' is {image.size[0]}x{image.size[1]} pixels: at most {MAX_PNG_SIDE} a side")
+            _check_side(*image.size)  # a header the check above could not read (IHDR need not come first for Pillow)
             image.load()
             ink = _ink(image)
     except BadRequest:
@@ -330,6 +327,11 @@ def prepare_png(data: bytes) -> np.ndarray:
     except Exception as error:  # Pillow reports a broken file with many exception types
         raise BadRequest(f"'hand'.'image' is not a PNG that can be read ({type(error).__name__}: {error})") from None
     return mnist_box(ink)
+
+
+def _check_side(width: int, height: int) -> None:
+    if max(width, height) > MAX_PNG_SIDE:
+        raise BadRequest(f"'hand'.'image' is {width}x{height} pixels: at most {MAX_PNG_SIDE} a side")
 
 
 def _ink(image: Image.Image) -> np.ndarray:
