@@ -448,20 +448,23 @@ def written_by(models: list[str]) -> str:
 SECTIONS = {"one-hand": one_hand.section, "your-hand": your_hand.section}  # the served model's sections beside the table
 
 
-def served_sections(model: Generator, evaluator: Evaluator, only: Optional[str] = None) -> list[str]:
+def served_sections(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor,
+                    test_labels: torch.Tensor, only: Optional[str] = None) -> list[str]:
     """The served model's sections that follow the main table (`only`: that one alone), each a "## " section."""
-    return [section(model, evaluator.classifier, evaluator.test_images, evaluator.test_labels)
+    return [section(model, classifier, test_images, test_labels)
             for name, section in SECTIONS.items() if only in (None, name)]
 
 
 def rewrite_section(out: Path, data_dir: str, page: Path, only: str) -> None:
-    """`--only NAME`: that section of the served model, measured and rewritten in `page` alone."""
+    """`--only NAME`: that section of the served model, measured and rewritten in `page` alone (it needs the
+    classifier and the test digits, not an Evaluator's FID references)."""
     try:
-        evaluator, _ = cached_evaluator(out, data_dir)
+        classifier, _ = load_or_train_classifier(out / "classifier.pt", data_dir)
+        test_images, test_labels = load_mnist(data_dir, train=False)
         model, _ = artifacts.load_run(out)
     except (MnistMissing, ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}")
-    text = served_sections(model, evaluator, only)[0]
+    text = served_sections(model, classifier, test_images, test_labels, only)[0]
     write_section(page, "Quality report", "make evaluate", text)
     print(text)
 
@@ -552,7 +555,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         report += [f"- {'PASS' if ok else 'MISS'}: {text}"
                    for text, ok in target_checks(default, evaluator, cas_reference, train_seconds)]
         report += ["", "![one row per digit](digits.png)", ""]
-        report += served_sections(default_model, evaluator)
+        report += served_sections(default_model, evaluator.classifier, evaluator.test_images, evaluator.test_labels)
     report += ["## Where CAS loses", "",
                f"The real test digits that each row's CAS classifiers read wrong (mean of {CAS_SEEDS}), by true digit, and the "
                "commonest mistakes (true digit → read as). A generator that never draws a way of writing a digit (say, a 7 "

@@ -211,7 +211,9 @@ class Backend:
     def hand_pictures(self, body: dict[str, Any]) -> tuple[str, str, str]:
         """For a request with a hand: the API's PNG of the number written in it, and the upload as the API prepared
         it beside the model's copy (from the same request answered as JSON), each a file."""
-        number = body.get("digits", "0123456789")
+        from handler.request_contract import DEFAULT_NUMBER  # here: numpy and Pillow are loaded by now
+
+        number = body.get("digits", DEFAULT_NUMBER)
         written = self.save(self.fetch(body), f"{number[:32]}-in-your-hand.png")
         hand = orjson.loads(self.fetch(body, JSON))["hand"]
         return (written, self.save(digit_png(hand["image"]), "your-digit-prepared.png"),

@@ -1,6 +1,5 @@
 """make evaluate's "Your hand" measures on cases whose answer is known, and the section on a real (tiny) model."""
 import io
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,19 +45,19 @@ def test_the_photos_are_dark_ink_on_light_paper_and_prepare_back_into_the_digit(
 
 
 @pytest.fixture(scope="module")
-def evaluator(data_dir, small_classifier):
-    """What the sections read of make evaluate's Evaluator (a real one would import torchmetrics and measure FID's
-    references, which no section uses)."""
+def reader(data_dir, small_classifier):
+    """What the sections measure with: (classifier, test images, test labels)."""
     from train.data import load_mnist
 
     test_images, test_labels = load_mnist(data_dir, train=False)
-    return SimpleNamespace(classifier=small_classifier[0], test_images=test_images[:1000], test_labels=test_labels[:1000])
+    return small_classifier[0], test_images[:1000], test_labels[:1000]
 
 
-def test_the_section_measures_the_served_model_against_its_targets(evaluator, tiny_run, monkeypatch):
+def test_the_section_measures_the_served_model_against_its_targets(reader, tiny_run, monkeypatch):
     monkeypatch.setattr(your_hand, "RANDOM_HANDS", 128)  # fewer, for time: the search still beats their best
-    text = section(load_run(tiny_run)[0], evaluator.classifier, evaluator.test_images[:200],
-                   evaluator.test_labels[:200], uploads=8, ceiling_hands=100)
+    classifier, test_images, test_labels = reader
+    text = section(load_run(tiny_run)[0], classifier, test_images[:200], test_labels[:200], uploads=8,
+                   ceiling_hands=100)
     assert text.startswith("## Your hand\n")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "×" in line]
     assert len(rows) == 2 and rows[0].startswith("| 28 x 28 arrays") and rows[1].startswith("| PNG photos")
@@ -68,8 +67,8 @@ def test_the_section_measures_the_served_model_against_its_targets(evaluator, ti
     assert 0 < copy < 1  # a search does better than the best of the random hands, even on a tiny model
 
 
-def test_an_unconditional_served_model_gets_each_section_with_why_it_is_not_measured(evaluator, tiny_tutorial_run):
+def test_an_unconditional_served_model_gets_each_section_with_why_it_is_not_measured(reader, tiny_tutorial_run):
     model = load_run(tiny_tutorial_run)[0]
-    sections = E.served_sections(model, evaluator)  # what make evaluate's page gets after its table (--only: one)
+    sections = E.served_sections(model, *reader)  # what make evaluate's page gets after its table (--only: one)
     assert [text.split("\n", 1)[0] for text in sections] == ["## One hand", "## Your hand"]
     assert all("Not measured: the served model is unconditional" in text for text in sections)
