@@ -87,7 +87,7 @@ demo: install
 	$(MAKE) train EPOCHS=$(or $(EPOCHS),1) OUT=artifacts/demo
 	$(MAKE) archive OUT=artifacts/demo MODEL_STORE=artifacts/demo/model_store
 	$(MAKE) serve MODEL_STORE=artifacts/demo/model_store
-	$(MAKE) predict N=$(or $(N),16) SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
+	$(MAKE) predict SEED=$(or $(SEED),0); status=$$?; $(MAKE) stop; exit $$status
 
 # The quality report of the served model against its targets: the results page docs/quality.md with
 # docs/digits.png (one row per digit), and artifacts/report.md; ARGS='--only one-hand' (or your-hand) rewrites that section alone.
