@@ -3,7 +3,7 @@
 The served `hand` field finds the noise vector whose drawing of the uploaded digit matches it (GAN inversion,
 `find_hand` in handler/generator.py), then writes with that vector. Here UPLOADS real MNIST test digits are the
 uploads, sent as the API's 28 x 28 arrays and as PNGs the way a photo of paper arrives (280 x 280, dark ink on a
-light gradient, prepared by the API's own `prepare_png`). For each found hand:
+light gradient, prepared by the API's own `prepare_digit`). For each found hand:
 
 - copy error: the mean squared error between the upload (as prepared) and the hand's drawing of that digit, as a
   ratio to the best of RANDOM_HANDS random hands for the same upload (one bank of random hands per digit);
@@ -19,37 +19,37 @@ light gradient, prepared by the API's own `prepare_png`). For each found hand:
 
 The evaluation classifier only reads the results: nothing here, nor in the search, is guided by it.
 """
-import io
-import math
 import time
 
 import numpy as np
 import torch
-from PIL import Image
 
 from experiments.classifier import MnistClassifier, predict
+from experiments.report import table
 from experiments.one_hand import STYLES, style_measures
+from experiments import cutting
+from experiments.photos import on_paper, saved, written_number
 from handler.generator import Generator, find_hand, sample_noise
-from handler.request_contract import DECIMALS, prepare_png
+from handler.request_contract import DECIMALS
+from handler.upload import UnusableImage, prepare_digit, prepare_number
 
 UPLOADS = 1_000
 RANDOM_HANDS = 1_024
 PHOTO_SIDE = 280  # the PNG uploads: ten times MNIST's side, as a phone's crop of one digit on paper
-TARGETS = {"copy": 0.2, "ink": 0.75, "slant": 0.85, "legible": 0.98, "round trip": 0.1, "png": 0.05}
+NUMBER_HANDS = 300  # hands sent back as k digits, for each k
+SHOWN = (1, 2, 3, 5)  # how many digits of one hand are sent back at once, as arrays
+PHOTO_SHOWN = (1, 3, 5)  # ... and as one photo of the number
+PHOTO_KINDS = ("PNG", "JPEG")
+PHOTO_SCALE = 8  # a number's photo: 8 times MNIST's size (a digit about 160 px tall)
+TARGETS = {"copy": 0.2, "ink": 0.75, "slant": 0.85, "legible": 0.98, "png": 0.05,
+           "round trip": {3: 0.1, 5: 0.05}, "photo": {"ink": 0.93, "slant": 0.95, "width": 0.90}, "cut": 0.98}
 
 
 def as_photo(image: torch.Tensor, seed: int) -> bytes:
     """A 28 x 28 digit (white on black) as a PNG of dark ink on light paper whose brightness runs across the page
     (from 0.80 to 0.95 of white, in a seeded direction), PHOTO_SIDE pixels a side, 8-bit gray."""
-    ink = Image.fromarray(image.reshape(28, 28).numpy().astype(np.float32), mode="F")
-    ink = np.asarray(ink.resize((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.BICUBIC)).clip(0, 1)
-    angle = np.random.default_rng(seed).uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:PHOTO_SIDE, 0:PHOTO_SIDE] / (PHOTO_SIDE - 1) - 0.5
-    along = (np.cos(angle) * xx + np.sin(angle) * yy) / math.sqrt(0.5) * 0.5 + 0.5  # 0 to 1 across the page
-    paper = 0.80 + 0.15 * along
-    buffer = io.BytesIO()
-    Image.fromarray(np.rint(255 * paper * (1 - ink)).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    ink = image.reshape(28, 28).numpy().astype(np.float32)
+    return saved(on_paper(ink, PHOTO_SIDE // 28, seed, light=(0.80, 0.95), noise=0.0))
 
 
 @torch.inference_mode()
@@ -59,10 +59,17 @@ def write_all_digits(model: Generator, hands: torch.Tensor) -> torch.Tensor:
 
 
 def others_of(drawn: torch.Tensor, digits: torch.Tensor) -> torch.Tensor:
-    """N x 10 x ... -> N x 9 x ...: every digit but each row's own."""
+    """N x 10 x ... -> N x (10 - k) x ...: every digit but the k each row shows (digits: N, or N x k, each row's
+    digits different)."""
+    shown = digits.view(len(digits), -1)
     keep = torch.ones(drawn.shape[:2], dtype=torch.bool)
-    keep[torch.arange(len(digits)), digits] = False
-    return drawn[keep].view(len(digits), drawn.shape[1] - 1, *drawn.shape[2:])
+    keep[torch.arange(len(digits))[:, None], shown] = False
+    return drawn[keep].view(len(digits), drawn.shape[1] - shown.shape[1], *drawn.shape[2:])
+
+
+def different_digits(count: int, shown: int, rng: torch.Generator, classes: int = 10) -> torch.Tensor:
+    """count x shown digits, each row's all different: what a hand shows of itself."""
+    return torch.stack([torch.randperm(classes, generator=rng)[:shown] for _ in range(count)])
 
 
 def within_digit_correlation(a: torch.Tensor, b: torch.Tensor, digits: torch.Tensor) -> float:
@@ -104,14 +111,15 @@ def best_random_errors(model: Generator, uploads: torch.Tensor, digits: torch.Te
 
 
 def found_hands(model: Generator, uploads: torch.Tensor, digits: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The hand found for each upload, and the median milliseconds a search took (on one thread, as in a worker:
-    on one small image a second thread only spin-waits)."""
+    """The hand found for each upload (N x k x 28 x 28, its k digits N x k; k may be 1: N x 1 x 28 x 28 and N), and
+    the median milliseconds a search took (on one thread, as in a worker: on small images a second thread only
+    spin-waits)."""
     hands, seconds, threads = [], [], torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for image, digit in zip(uploads, digits.tolist()):
+        for images, shown in zip(uploads, digits.view(len(digits), -1).tolist()):
             started = time.perf_counter()
-            hands.append(find_hand(model, image[0], digit))
+            hands.append(find_hand(model, images, shown))
             seconds.append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
@@ -133,20 +141,64 @@ def measure(model: Generator, classifier: MnistClassifier, uploads: torch.Tensor
             "legible": (read == wanted).float().mean().item() / real_accuracy, "ms": milliseconds}
 
 
-def round_trip(model: Generator, count: int, seed: int = 2) -> tuple[float, float]:
-    """Digits the model drew, sent back (rounded as the API answers): the found hands' other nine digits against
-    the drawing hands' (mean squared error), as a ratio to the same between two random hands; and, for scale, the
-    ratio for the mean hand (a search that learnt nothing from the digit)."""
+def strangers_error(model: Generator, drawn: torch.Tensor, rng: torch.Generator) -> float:
+    """The mean squared error between `drawn` (N hands x 10 digits) and as many random hands writing the same digits:
+    how far apart two hands are, the round trip's unit."""
+    return ((write_all_digits(model, sample_noise(model, len(drawn), rng)) - drawn) ** 2).mean().item()
+
+
+def trip(model: Generator, found: torch.Tensor, drawn: torch.Tensor, digits: torch.Tensor, unit: float) -> float:
+    """How far the found hands write the digits their uploads did not show from how the drawing hands write them
+    (mean squared error), in `unit`s."""
+    return ((others_of(write_all_digits(model, found), digits) - others_of(drawn, digits)) ** 2).mean().item() / unit
+
+
+def round_trip(model: Generator, count: int, shown: int = 1, seed: int = 2) -> tuple[float, float, float]:
+    """Digits the model drew, `shown` different ones of each hand, sent back as the API's arrays (rounded as it
+    answers): the round trip of the found hands; for scale, that of the mean hand (a search that learnt nothing);
+    and the median milliseconds of a search."""
     rng = torch.Generator().manual_seed(seed)
     hands = sample_noise(model, count, rng)
-    digits = torch.randint(0, model.num_classes, (count,), generator=rng)
+    digits = different_digits(count, shown, rng, model.num_classes)
     drawn = write_all_digits(model, hands)
-    sent = drawn[torch.arange(count), digits].round(decimals=DECIMALS)
-    strangers = ((write_all_digits(model, sample_noise(model, count, rng)) - drawn) ** 2).mean().item()
+    sent = drawn[torch.arange(count)[:, None], digits][:, :, 0].round(decimals=DECIMALS)
+    unit = strangers_error(model, drawn, rng)
     mean_hand = torch.zeros_like(hands) if model.noise == "normal" else torch.full_like(hands, 0.5)
-    found, _ = found_hands(model, sent, digits)
-    return tuple(((others_of(write_all_digits(model, guess), digits) - others_of(drawn, digits)) ** 2).mean().item()
-                 / strangers for guess in (found, mean_hand))
+    found, milliseconds = found_hands(model, sent, digits)
+    return trip(model, found, drawn, digits, unit), trip(model, mean_hand, drawn, digits, unit), milliseconds
+
+
+def number_photos(model: Generator, classifier: MnistClassifier, real_accuracy: float, count: int, shown: int,
+                  kind: str, seed: int = 4) -> dict:
+    """The same, sent as one photo of the number: `shown` digits of each hand side by side, 0 to 6 px apart, dark on
+    light paper (PHOTO_SCALE times MNIST's size, noise, light across the page), as a `kind` (PNG, or JPEG at quality
+    85), cut by the API. For the hands whose photo was cut into `shown` digits: style carried (ink, slant, width of
+    each digit the upload did not show, the found hand's against the drawing hand's, correlated over hands within
+    digits), the round trip, those digits read right as a ratio to real digits, and how many photos were refused."""
+    rng, layout = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    hands = sample_noise(model, count, rng)
+    digits = different_digits(count, shown, rng, model.num_classes)
+    drawn = write_all_digits(model, hands)
+    unit = strangers_error(model, drawn, rng)
+    prepared, cut = [], []
+    for index in range(count):
+        ink = written_number([drawn[index, d, 0].numpy() for d in digits[index]],
+                             layout.integers(0, 7, shown - 1).tolist(), [0] * shown)
+        try:
+            prepared.append(prepare_number(saved(on_paper(ink, PHOTO_SCALE, index), kind), shown))
+            cut.append(index)
+        except UnusableImage:
+            continue
+    digits, drawn = digits[cut], drawn[cut]
+    found, milliseconds = found_hands(model, torch.from_numpy(np.stack(prepared)), digits)
+    written = others_of(write_all_digits(model, found), digits)
+    truth = others_of(drawn, digits)
+    labels = others_of(torch.arange(model.num_classes).repeat(len(cut), 1), digits).flatten()
+    mine, theirs = style_measures(written.flatten(0, 1)), style_measures(truth.flatten(0, 1))
+    read = predict(classifier, written.flatten(0, 1)) == labels
+    return {"style": {name: within_digit_correlation(mine[name], theirs[name], labels) for name in STYLES},
+            "trip": trip(model, found, drawn, digits, unit), "legible": read.float().mean().item() / real_accuracy,
+            "refused": count - len(cut), "count": count, "ms": milliseconds}
 
 
 def ceiling(model: Generator, count: int = 2_000, seed: int = 3) -> dict[str, tuple[float, float]]:
@@ -160,7 +212,8 @@ def ceiling(model: Generator, count: int = 2_000, seed: int = 3) -> dict[str, tu
 
 
 def section(model: Generator, classifier: MnistClassifier, test_images: torch.Tensor, test_labels: torch.Tensor,
-            uploads: int = UPLOADS, seed: int = 0, ceiling_hands: int = 2_000) -> str:
+            uploads: int = UPLOADS, seed: int = 0, ceiling_hands: int = 2_000, number_hands: int = NUMBER_HANDS,
+            cut_numbers: int = cutting.NUMBERS) -> str:
     """The results page's "## Your hand" section for `model`, with its targets."""
     if not model.num_classes:
         return ("## Your hand\n\nNot measured: the served model is unconditional, so a hand found from one digit "
@@ -168,11 +221,15 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
     real_accuracy = (predict(classifier, test_images) == test_labels).float().mean().item()
     pick = torch.randperm(len(test_images), generator=torch.Generator().manual_seed(seed))[:uploads]
     images, digits = test_images[pick], test_labels[pick]
-    photos = torch.stack([torch.from_numpy(prepare_png(as_photo(image, i))) for i, image in enumerate(images)])
+    photos = torch.stack([torch.from_numpy(prepare_digit(as_photo(image, i))) for i, image in enumerate(images)])
     routes = {"28 x 28 arrays": measure(model, classifier, images, digits, real_accuracy),
               "PNG photos (280 x 280, dark on a light gradient)": measure(model, classifier, photos.unsqueeze(1),
                                                                           digits, real_accuracy)}
-    (trip, mean_trip), best = round_trip(model, uploads), ceiling(model, ceiling_hands)
+    best = ceiling(model, ceiling_hands)
+    trips = {shown: round_trip(model, number_hands, shown) for shown in SHOWN}
+    numbers = {(shown, kind): number_photos(model, classifier, real_accuracy, number_hands, shown, kind)
+               for shown in PHOTO_SHOWN for kind in PHOTO_KINDS}
+    cuts = cutting.measure(classifier, test_images, test_labels, cut_numbers)
     rows = []
     for route, m in routes.items():
         rows.append(f"| {route} | {m['copy']:.3f}× | " + " | ".join(
@@ -182,16 +239,36 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
     arrays, pngs = routes.values()
     gaps = [abs(arrays["copy"] - pngs["copy"]), abs(arrays["legible"] - pngs["legible"])]
     gaps += [abs(arrays["style"][s][0] - pngs["style"][s][0]) for s in STYLES]
+    trip_rows = [(shown, f"{found:.3f}×", f"{mean:.3f}×", f"{ms:.0f}") for shown, (found, mean, ms) in trips.items()]
+    photo_rows = [(shown, kind, f"{m['count'] - m['refused']} of {m['count']}",
+                   *(f"{m['style'][s]:.2f}" for s in STYLES), f"{m['trip']:.3f}×", f"{m['legible']:.3f}×", f"{m['ms']:.0f}")
+                  for (shown, kind), m in numbers.items()]
+    by_gap = cuts["by gap"]
+    cut_rows = [(gap, total, f"{cut:.2%}", f"{alone:.2%}", f"{cut / alone:.3f}×", refused)
+                for gap, (cut, alone, total, refused) in by_gap.items()]
+    apart = [gap for gap in by_gap if gap >= 2]
+    weight = sum(by_gap[gap][2] for gap in apart)
+    apart_cut = sum(by_gap[gap][0] * by_gap[gap][2] for gap in apart) / weight
+    apart_alone = sum(by_gap[gap][1] * by_gap[gap][2] for gap in apart) / weight
+    three = {kind: numbers[(3, kind)] for kind in PHOTO_KINDS}
     checks = [(f"copy error {arrays['copy']:.3f}× the best of {RANDOM_HANDS:,} random hands (target ≤ {TARGETS['copy']}×)",
                arrays["copy"] <= TARGETS["copy"]),
               *((f"{s} carried {arrays['style'][s][0]:.2f} (target ≥ {TARGETS[s]})", arrays["style"][s][0] >= TARGETS[s])
                 for s in ("ink", "slant")),
               (f"the nine other digits read right {arrays['legible']:.3f}× as often as real test digits (target ≥ "
                f"{TARGETS['legible']}×)", arrays["legible"] >= TARGETS["legible"]),
-              (f"round trip {trip:.3f}× two random hands' difference (target ≤ {TARGETS['round trip']}×)",
-               trip <= TARGETS["round trip"]),
               (f"PNG photos against arrays: every figure within {max(gaps):.3f} (target ≤ {TARGETS['png']})",
-               max(gaps) <= TARGETS["png"])]
+               max(gaps) <= TARGETS["png"]),
+              *((f"round trip from {shown} digits {trips[shown][0]:.3f}× (target ≤ {line}×)", trips[shown][0] <= line)
+                for shown, line in TARGETS["round trip"].items()),
+              *((f"from a 3-digit {kind} photo, {s} carried {three[kind]['style'][s]:.2f} (target ≥ {line})",
+                 three[kind]["style"][s] >= line) for kind in PHOTO_KINDS for s, line in TARGETS["photo"].items()),
+              *((f"from a 3-digit {kind} photo, the other digits read right {three[kind]['legible']:.3f}× as often as "
+                 f"real test digits (target ≥ {TARGETS['legible']}×)", three[kind]["legible"] >= TARGETS["legible"])
+                for kind in PHOTO_KINDS),
+              (f"real digits 2 px or more apart, cut from their number, read right {apart_cut / apart_alone:.3f}× as "
+               f"often as photographed alone ({apart_cut:.2%} against {apart_alone:.2%}; target ≥ {TARGETS['cut']}×)",
+               apart_cut / apart_alone >= TARGETS["cut"])]
     lines = ["## Your hand", "",
              f"{uploads:,} real test digits as uploads to the `hand` field, each as the API's 28 x 28 array and as a "
              f"{PHOTO_SIDE} x {PHOTO_SIDE} PNG of dark ink on light paper whose brightness runs across the page (the API "
@@ -206,9 +283,29 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
              "on one thread, in-process.", "",
              "| uploads | copy error ÷ best random | ink carried | slant carried | width carried | legible | ms per search |",
              "|---|---:|---:|---:|---:|---:|---:|", *rows, "",
-             f"Round trip: {uploads:,} digits the model drew, sent back as its JSON answer; the found hand's other nine "
-             f"digits differ from the drawing hand's by {trip:.3f}× what two random hands writing the same digits differ "
-             f"by (mean squared error); the mean hand (noise 0, nothing learnt from the digit) differs by {mean_trip:.3f}×.",
-             ""]
+             "### A number you wrote", "",
+             f"Round trip: {number_hands} hands of the model each write k different digits, sent back as the API's "
+             "arrays (its JSON answer) in one upload; the found hand writes the digits the upload did not show, and "
+             "differs from the drawing hand by this much of what two random hands writing the same digits differ by "
+             "(mean squared error). The mean hand (noise 0: nothing learnt from the digits) for scale.", "",
+             table(["digits shown", "round trip", "the mean hand", "ms per search"], trip_rows), "",
+             f"The same, as one photo of the number: the k digits side by side, 0 to 6 px apart at MNIST's scale, dark "
+             f"ink on light paper ({PHOTO_SCALE} times MNIST's size, its light running across the page, sensor noise), "
+             "as a PNG and as a JPEG at quality 85, cut by the API (handler/upload.py). Cut: the photos the API cut "
+             "into k digits (the rest it refused). Style carried: for every digit the upload did not show, its ink, "
+             "slant and width as the found hand writes it against as the drawing hand does, correlated over hands "
+             "within digits. Preparing a piece fits it into MNIST's 20 px box, as real digits are; the model's own "
+             "digits are 17 to 24 px tall, so the round trip from a photo also measures that refit.", "",
+             table(["digits shown", "photo", "cut", "ink carried", "slant carried", "width carried", "round trip",
+                    "legible", "ms per search"], photo_rows, 2), "",
+             f"Cutting real handwriting: {cuts['numbers']:,} numbers of 3 to 8 real test digits, each digit cropped to "
+             "its ink and the next one 0 to 6 px after it (MNIST's scale; at 0 their boxes touch), the baseline "
+             "wandering by up to 2 px, photographed 4 to 10 times MNIST's size on paper lit unevenly with sensor "
+             "noise, saved as JPEGs at quality 85, half of them stored turned with an EXIF orientation "
+             "(experiments/cutting.py). Each piece is read by the evaluation classifier, beside the same digits "
+             f"photographed alone and prepared as one digit. A cut took {cuts['ms']:.0f} ms (median, reading the JPEG "
+             "included).", "",
+             table(["gap (px)", "digits", "read right, cut from the number", "read right, alone", "ratio",
+                    "numbers refused"], cut_rows), ""]
     lines += [f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in checks]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from generator import METADATA_FILE, ONNX_FILE, Generator, find_hand, onnx_feeds, sample_latent, sample_noise
-from request_contract import (DECIMALS, JSON_TYPE, BadRequest, GenerationRequest, adapt_kservev2_envelope,
+from request_contract import (DECIMALS, JSON_TYPE, BadRequest, GenerationRequest, Hand, adapt_kservev2_envelope,
                               encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error,
                               v2_outputs)
 
@@ -77,7 +77,7 @@ class DigitGANHandler(BaseHandler):
         adapt_kservev2_envelope()  # with service_envelope=kservev2: protocol error bodies, 400 not 503
         self.v2 = False
         self.rng = torch.Generator()  # reseeded for every request
-        self.found_hands: OrderedDict[tuple[int, bytes], torch.Tensor] = OrderedDict()  # by (digit, upload's digest)
+        self.found_hands: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()  # by (digits, upload's digest)
         logger.info("loaded %s generator (%s) on %s", self.metadata.get("preset"), self.metadata["model"],
                     "ONNX Runtime" if self.session else f"PyTorch ({self.device})")
 
@@ -153,26 +153,30 @@ class DigitGANHandler(BaseHandler):
         drawn = {d: self._draw(hands, torch.full((len(hands),), int(d))) for d in set(number)}
         return np.stack([drawn[d] for d in number], axis=1).round(DECIMALS)
 
-    def _find_hand(self, image: np.ndarray, digit: int) -> torch.Tensor:
+    def _find_hand(self, hand: Hand) -> torch.Tensor:
         """find_hand on the upload (in PyTorch: ONNX Runtime computes no gradients), or the hand this worker found
         for the same upload lately: a person writing one number after another in their hand waits once."""
-        key = (digit, hashlib.sha256(image.tobytes()).digest())  # a digest: the upload itself is not kept
+        key = (hand.digits, hashlib.sha256(hand.images.tobytes()).digest())  # a digest: the upload itself is not kept
         if key in self.found_hands:
             self.found_hands.move_to_end(key)
         else:
-            self.found_hands[key] = find_hand(self.model, torch.from_numpy(image), digit)
+            self.found_hands[key] = find_hand(self.model, torch.from_numpy(hand.images), [int(d) for d in hand.digits])
             if len(self.found_hands) > HANDS_KEPT:
                 self.found_hands.popitem(last=False)
         return self.found_hands[key]
 
     def _write_in_hand(self, request: GenerationRequest) -> tuple[np.ndarray, dict]:
-        """The number written by the hand found from the uploaded digit, with the upload as prepared, the model's
-        copy and their mean squared error."""
-        hand = self._find_hand(request.hand.image, request.hand.digit).unsqueeze(0)
+        """The number written by the hand found from the upload, with the upload as prepared, the model's copy and
+        their mean squared errors (one digit: 28 x 28 and one error; k digits: k x 28 x 28 and k errors)."""
+        upload = request.hand
+        hand = self._find_hand(upload)[None]
         images = self._write(hand, request.digits)
-        copy = self._draw(hand, torch.full((1,), request.hand.digit))[0].round(DECIMALS)
-        error = float(np.mean((copy.astype(np.float64) - request.hand.image) ** 2))
-        return images, {"hand": {"image": request.hand.image.round(DECIMALS), "copy": copy, "error": round(error, 6)}}
+        copies = self._write(hand, upload.digits)[0]  # each drawn as in a number, so a digit both show is the same
+        prepared = upload.images.round(DECIMALS)
+        errors = np.mean((copies.astype(np.float64) - prepared) ** 2, axis=(1, 2)).round(6)  # of what the answer shows
+        if upload.single:
+            return images, {"hand": {"image": prepared[0], "copy": copies[0], "error": float(errors[0])}}
+        return images, {"hand": {"image": prepared, "copy": copies, "error": errors}}
 
     def _draw(self, noise: torch.Tensor, labels: Optional[torch.Tensor]) -> np.ndarray:
         """The generator's images for these inputs, N x 28 x 28 float32."""

@@ -26,7 +26,6 @@ import base64
 import io
 import math
 import secrets
-import struct
 from http import HTTPStatus
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -34,6 +33,11 @@ from typing import Any, Optional
 import numpy as np
 import orjson
 from PIL import Image
+
+try:
+    from . import upload  # as handler.request_contract: training, the tools, the tests
+except ImportError:
+    import upload  # TorchServe imports the archive's files as top-level modules
 
 MAX_COUNT = 256
 MAX_SEED = 2**63 - 1
@@ -89,18 +93,16 @@ def _integer(body: dict, name: str, low: int, high: int, default: Optional[int],
     return value
 
 
-def _digits(body: dict) -> Optional[str]:
-    if "digits" not in body:
-        return None
-    value = body["digits"]
+def _digit_string(value: Any, name: str, longest: int, num_classes: int = 10) -> str:
+    """A number as a string of 1 to `longest` digits (leading zeros kept); BadRequest naming `name` otherwise."""
     if type(value) is not str:
-        raise BadRequest(f"'digits' must be a string of 1 to {MAX_COUNT} decimal digits such as \"02139\", "
+        raise BadRequest(f"{name} must be a string of 1 to {longest} decimal digits such as \"02139\", "
                          f"got {_json_type(value)}")
-    if not 1 <= len(value) <= MAX_COUNT:
-        raise BadRequest(f"'digits' must hold 1 to {MAX_COUNT} digits, got {len(value)}")
+    if not 1 <= len(value) <= longest:
+        raise BadRequest(f"{name} must hold 1 to {longest} digits, got {len(value)}")
     for position, character in enumerate(value, start=1):
-        if character not in "0123456789":  # not str.isdigit(): it takes other scripts' digits and superscripts
-            raise BadRequest(f"'digits' may hold only the characters 0-9, got {character!r} at position {position}")
+        if character not in "0123456789"[:num_classes]:  # not str.isdigit(): it takes other scripts' digits
+            raise BadRequest(f"{name} may hold only the characters 0-9, got {character!r} at position {position}")
     return value
 
 
@@ -220,7 +222,7 @@ def _generation_request(body: dict, num_classes: int) -> GenerationRequest:
     count = _integer(body, "count", 1, MAX_COUNT, default=1)
     seed = _integer(body, "seed", 0, MAX_SEED, default=None)
     digit = _integer(body, "digit", 0, num_classes - 1, default=None) if num_classes else None
-    digits = _digits(body) if num_classes else None
+    digits = _digit_string(body["digits"], "'digits'", MAX_COUNT, num_classes) if num_classes and "digits" in body else None
     if digits is not None:
         if digit is not None:
             raise BadRequest("give 'digit' (every image that digit) or 'digits' (a number each hand writes), not both")
@@ -239,180 +241,105 @@ def _generation_request(body: dict, num_classes: int) -> GenerationRequest:
                              digits=digits)
 
 
-# --- a hand: one digit a person wrote, which the model's hand is found from -------------------------
-HAND_SIDE = 28  # an uploaded array is the API's own image: 28 x 28 values in [0, 1], white ink on black
-MNIST_BOX = 20  # MNIST fitted each digit's longest side into 20 px, then centered its center of mass in 28 x 28
-MAX_PNG_SIDE = 4096  # larger PNGs are refused before decoding (a small file can decode to gigabytes)
-WORK_SIDE = 512  # a PNG is boxed down to at most this before its ink is read: a digit needs no more
-INK_LEVEL = 0.1  # an image with no pixel of at least this much ink has nothing drawn in it
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# --- a hand: what a person wrote, which the model's hand is found from ------------------------------
+HAND_SIDE = upload.DIGIT_SIDE  # an uploaded array is the API's own image: 28 x 28 values in [0, 1], white ink on black
+INK_LEVEL = upload.INK_LEVEL
+MAX_HAND_DIGITS = 12  # the longest number an upload may show: more digits pin a hand down no better, and cost more
 DEFAULT_NUMBER = "0123456789"  # what a hand writes when the request names no digit or digits
 
 
 @dataclass(frozen=True)
 class Hand:
-    """An uploaded digit, prepared (28 x 28 float32 in [0, 1], white ink on black), and which digit it is."""
-    image: np.ndarray
-    digit: int
+    """What an upload shows, prepared: k x 28 x 28 float32 in [0, 1] (white ink on black), and the k digits they are.
+    `single`: it came as one digit ('hand'.'digit'), and its answer keeps that shape (28 x 28, one error)."""
+    images: np.ndarray
+    digits: str
+    single: bool = False
 
 
 def _hand(value: Any, num_classes: int) -> Hand:
     if not isinstance(value, dict):
-        raise BadRequest(f"'hand' must be an object {{\"image\": ..., \"digit\": 0-9}}, got {_json_type(value)}")
-    unknown = [name for name in value if name not in ("image", "digit")]
+        raise BadRequest(f"'hand' must be an object {{\"image\": ..., \"digit\": 0-9}} or {{\"image\": ..., "
+                         f"\"digits\": \"2026\"}}, got {_json_type(value)}")
+    unknown = [name for name in value if name not in ("image", "digit", "digits")]
     if unknown:
-        raise BadRequest(f"unknown field(s) in 'hand': {', '.join(map(repr, unknown))}; allowed: image, digit")
-    for name in ("image", "digit"):
-        if name not in value:
-            raise BadRequest(f"'hand' needs '{name}': the image of one digit, and which digit (0-9) it shows")
-    digit = _integer(value, "digit", 0, num_classes - 1, default=None, where="'hand'.")
+        raise BadRequest(f"unknown field(s) in 'hand': {', '.join(map(repr, unknown))}; allowed: image, digit, digits")
+    if "digit" in value and "digits" in value:
+        raise BadRequest("give 'hand'.'digit' (the image is one digit) or 'hand'.'digits' (the number the image shows, "
+                         "left to right), not both")
+    if "digit" not in value and "digits" not in value:
+        raise BadRequest("'hand' needs 'digit' or 'digits': which digit (0-9) the image shows, or the number it shows, "
+                         "left to right (\"2026\")")
+    if "image" not in value:
+        raise BadRequest("'hand' needs 'image': a picture of what you wrote (a PNG or a JPEG in base64), or the API's "
+                         "28 x 28 arrays")
     image = value["image"]
-    if isinstance(image, str):
-        prepared = prepare_png(_png_bytes(image))
-    elif isinstance(image, list):
-        prepared = _hand_array(image)
+    if "digit" in value:
+        digits, single = str(_integer(value, "digit", 0, num_classes - 1, default=None, where="'hand'.")), True
     else:
-        raise BadRequest(f"'hand'.'image' must be a {HAND_SIDE}x{HAND_SIDE} array of numbers in [0, 1] or a base64 "
-                         f"PNG, got {_json_type(image)}")
-    if not prepared.max() >= INK_LEVEL:
-        raise BadRequest(f"nothing is drawn in 'hand'.'image': no pixel has {INK_LEVEL} ink or more")
-    return Hand(prepared, digit)
+        digits, single = _digit_string(value["digits"], "'hand'.'digits'", MAX_HAND_DIGITS, num_classes), False
+    if isinstance(image, str):
+        data = _image_bytes(image)
+        try:
+            images = upload.prepare_digit(data)[None] if single else upload.prepare_number(data, len(digits))
+        except upload.NothingDrawn as error:
+            raise BadRequest(f"nothing is drawn in 'hand'.'image': it {error}") from None
+        except upload.UnusableImage as error:
+            raise BadRequest(f"'hand'.'image' {error}") from None
+    elif isinstance(image, list):
+        images = _hand_array(image)[None] if single else _hand_arrays(image, len(digits))
+    else:
+        raise BadRequest(f"'hand'.'image' must be a base64 PNG or JPEG, or {'a' if single else 'a list of'} "
+                         f"{HAND_SIDE}x{HAND_SIDE} array{'' if single else 's'} of numbers in [0, 1], got "
+                         f"{_json_type(image)}")
+    for index, piece in enumerate(images):
+        if not piece.max() >= INK_LEVEL:
+            which = "" if single else f" (digit {index + 1} of {len(images)}, {digits[index]!r})"
+            raise BadRequest(f"nothing is drawn in 'hand'.'image'{which}: no pixel has {INK_LEVEL} ink or more")
+    return Hand(images, digits, single)
 
 
-def _hand_array(rows: list) -> np.ndarray:
+def _hand_arrays(arrays: list, count: int) -> np.ndarray:
+    """One 28 x 28 array per digit of 'hand'.'digits', as given."""
+    if arrays and all(type(v) in (int, float) for v in (arrays[0] if isinstance(arrays[0], list) else [None])):
+        raise BadRequest(f"'hand'.'image' with 'hand'.'digits' must be a list of {count} {HAND_SIDE}x{HAND_SIDE} "
+                         f"arrays, one per digit, got a single array (send 'hand'.'digit' with one)")
+    if len(arrays) != count:
+        raise BadRequest(f"'hand'.'image' holds {len(arrays)} array(s), but 'hand'.'digits' has {count} digits: one "
+                         f"{HAND_SIDE}x{HAND_SIDE} array per digit")
+    return np.stack([_hand_array(array, f" (array {index + 1} of {count})") for index, array in enumerate(arrays)])
+
+
+def _hand_array(rows: Any, which: str = "") -> np.ndarray:
     """A 28 x 28 array as given (the API's own image format), checked value by value."""
+    if not isinstance(rows, list):
+        raise BadRequest(f"'hand'.'image'{which} must be {HAND_SIDE} rows of {HAND_SIDE} numbers, got {_json_type(rows)}")
     if len(rows) != HAND_SIDE or not all(isinstance(row, list) and len(row) == HAND_SIDE for row in rows):
         shape = f"{len(rows)} row(s)" + ("" if all(isinstance(r, list) for r in rows) else ", not all of them arrays")
         lengths = sorted({len(r) for r in rows if isinstance(r, list)})
-        raise BadRequest(f"'hand'.'image' must be {HAND_SIDE} rows of {HAND_SIDE} numbers, got {shape}"
+        raise BadRequest(f"'hand'.'image'{which} must be {HAND_SIDE} rows of {HAND_SIDE} numbers, got {shape}"
                          + (f" of {', '.join(map(str, lengths))} value(s)" if lengths else ""))
     for y, row in enumerate(rows):
         for x, v in enumerate(row):
             # bool is an int in Python, but `true` is no amount of ink; NaN fails both comparisons
             if type(v) not in (int, float) or not 0 <= v <= 1:
                 shown = _json_type(v) if type(v) not in (int, float) else repr(v)
-                raise BadRequest(f"'hand'.'image' must hold numbers in [0, 1]: row {y}, column {x} is {shown}")
+                raise BadRequest(f"'hand'.'image'{which} must hold numbers in [0, 1]: row {y}, column {x} is {shown}")
     return np.asarray(rows, dtype=np.float32)
 
 
-def _png_bytes(text: str) -> bytes:
-    """The PNG in a base64 string, plain or as a data: URL; BadRequest if it is neither base64 nor a PNG."""
+def _image_bytes(text: str) -> bytes:
+    """The file in a base64 string, plain or as a data: URL; BadRequest if it is not base64."""
     if text.startswith("data:"):
         header, comma, text = text.partition(",")
         if not comma or not header.endswith(";base64"):
-            raise BadRequest("'hand'.'image' as a data: URL must be data:image/png;base64,<the PNG in base64>")
+            raise BadRequest("'hand'.'image' as a data: URL must be data:image/png;base64,<the PNG in base64> (or "
+                             "image/jpeg)")
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)  # line breaks (base64's default) are fine
+        return base64.b64decode("".join(text.split()), validate=True)  # line breaks (base64's default) are fine
     except ValueError:
-        raise BadRequest("'hand'.'image' is neither a 28x28 array nor valid base64 (a PNG file, base64-encoded: "
-                         "`base64 -w0 digit.png`)") from None
-    if not data.startswith(PNG_SIGNATURE):
-        raise BadRequest("'hand'.'image' is base64, but not of a PNG file (it must start with the PNG signature)")
-    return data
-
-
-def prepare_png(data: bytes) -> np.ndarray:
-    """A PNG of one digit as MNIST's digits were made: its ink (on a transparent canvas the alpha; dark ink on
-    light paper inverted), cropped to the ink, its longest side scaled to 20 px, centered by its center of mass
-    in 28 x 28, the strongest ink 1. BadRequest if it is not a PNG this can read."""
-    if data[12:16] == b"IHDR":  # the size, read from the header before anything is decoded (or Pillow's own bomb check)
-        _check_side(*struct.unpack(">II", data[16:24]))
-    try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            _check_side(*image.size)  # a header the check above could not read (IHDR need not come first for Pillow)
-            image.load()
-            ink = _ink(image)
-    except BadRequest:
-        raise
-    except Exception as error:  # Pillow reports a broken file with many exception types
-        raise BadRequest(f"'hand'.'image' is not a PNG that can be read ({type(error).__name__}: {error})") from None
-    return mnist_box(ink)
-
-
-def _check_side(width: int, height: int) -> None:
-    if max(width, height) > MAX_PNG_SIDE:
-        raise BadRequest(f"'hand'.'image' is {width}x{height} pixels: at most {MAX_PNG_SIDE} a side")
-
-
-def _ink(image: Image.Image) -> np.ndarray:
-    """How much ink each pixel holds, in [0, 1], at most WORK_SIDE a side."""
-    factor = math.ceil(max(image.size) / WORK_SIDE)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if image.mode.startswith("I"):  # 16-bit grayscale
-        gray = Image.fromarray(np.asarray(image, dtype=np.float32) / 65535, mode="F")
-        layers = {"gray": gray}
-    elif has_alpha:
-        rgba = image.convert("RGBA")
-        layers = {"gray": rgba.convert("L"), "alpha": rgba.getchannel("A")}
-    else:
-        layers = {"gray": image.convert("L")}
-    if factor > 1:
-        layers = {name: layer.reduce(factor) for name, layer in layers.items()}
-    arrays = {name: np.asarray(layer, dtype=np.float32) / (1 if layer.mode == "F" else 255)
-              for name, layer in layers.items()}
-    ring = _ring(arrays["gray"].shape)
-    if "alpha" in arrays and np.median(arrays["alpha"][ring]) < 0.5:
-        return arrays["alpha"]  # a transparent canvas: the alpha is the ink
-    gray = arrays["gray"]
-    if "alpha" in arrays:  # an opaque picture with see-through parts: those are paper
-        gray = arrays["alpha"] * gray + (1 - arrays["alpha"])
-    ground = _background(gray, ring)
-    if np.median(gray[ring]) > 0.5:  # dark ink on light paper: ink takes away the paper's light
-        return np.clip(1 - gray / np.maximum(ground, 1e-3), 0, 1)
-    return np.clip((gray - ground) / np.maximum(1 - ground, 1e-3), 0, 1)  # light ink on a dark ground
-
-
-def _ring(shape: tuple[int, int]) -> np.ndarray:
-    """The image's outer band (a twentieth of its side, at least a pixel), where the paper shows."""
-    band = max(1, min(shape) // 20)
-    ring = np.ones(shape, dtype=bool)
-    ring[band:-band, band:-band] = False
-    return ring
-
-
-def _background(gray: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """The paper's brightness under every pixel: a plane fitted to the outer band (uneven light across a photo),
-    refitted without the band's pixels that the fit calls ink (a digit touching the edge)."""
-    height, width = gray.shape
-    ys, xs = np.nonzero(ring)
-    design = np.stack([np.ones(len(xs)), xs / width, ys / height], axis=1)
-    values = gray[ring].astype(np.float64)
-    keep = np.ones(len(values), dtype=bool)
-    light = np.median(values) > 0.5
-    for _ in range(2):
-        plane, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        residual = values - design @ plane
-        inked = residual < -0.1 if light else residual > 0.1
-        if inked.all():
-            break
-        keep = ~inked
-    yy, xx = np.mgrid[0:height, 0:width]
-    return (plane[0] + plane[1] * xx / width + plane[2] * yy / height).astype(np.float32)
-
-
-def mnist_box(ink: np.ndarray) -> np.ndarray:
-    """Ink (any size, values in [0, 1]) as MNIST prepared its digits: cropped to the ink, the longest side scaled
-    to MNIST_BOX px (anti-aliased), the center of mass moved to the middle of 28 x 28, the strongest ink 1."""
-    peak = float(ink.max())
-    if peak < INK_LEVEL:
-        return np.zeros((HAND_SIDE, HAND_SIDE), np.float32)  # nothing drawn: the caller says so
-    rows, columns = np.nonzero(ink >= 2 * INK_LEVEL * peak)
-    crop = ink[rows.min():rows.max() + 1, columns.min():columns.max() + 1]
-    scale = MNIST_BOX / max(crop.shape)
-    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    # shrinking averages each new pixel's area (anti-aliased, as MNIST's digits are); enlarging interpolates
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    boxed = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize(size, resample))
-    mass = boxed.sum()
-    ys, xs = np.mgrid[0:boxed.shape[0], 0:boxed.shape[1]]
-    top = int(round(HAND_SIDE / 2 - (ys * boxed).sum() / mass))
-    left = int(round(HAND_SIDE / 2 - (xs * boxed).sum() / mass))
-    out = np.zeros((HAND_SIDE, HAND_SIDE), np.float32)
-    # the box's rows and columns that land inside 28 x 28 (a lopsided digit's far side may not)
-    y0, x0 = max(0, -top), max(0, -left)
-    y1, x1 = min(boxed.shape[0], HAND_SIDE - top), min(boxed.shape[1], HAND_SIDE - left)
-    out[top + y0:top + y1, left + x0:left + x1] = boxed[y0:y1, x0:x1]
-    return np.clip(out / out.max(), 0, 1)
+        raise BadRequest("'hand'.'image' is neither an array nor valid base64 (a PNG or JPEG file, base64-encoded: "
+                         "`base64 -w0 number.jpg`)") from None
 
 
 def error_body(message: str, code: int = 400) -> bytes:
@@ -426,8 +353,9 @@ def error_body(message: str, code: int = 400) -> bytes:
 # handler the *input tensors of one request* as rows: [{"name", "datatype", "shape", "data"}, ...],
 # with `data` already reshaped to `shape`. It only reads the batch's first request: batchSize stays 1.
 V2_OUTPUT = "images"
-V2_STRING_INPUT = "digits"  # the one BYTES input
-V2_HAND, V2_HAND_DIGIT = "hand", "hand_digit"  # an uploaded digit (FP32 [28, 28]) and which digit it shows
+V2_STRING_INPUTS = ("digits", "hand_digits")  # the BYTES inputs
+# An upload: one digit (FP32 [28, 28]) with which digit it shows, or k digits (FP32 [k, 28, 28]) with the number
+V2_HAND, V2_HAND_DIGIT, V2_HAND_DIGITS = "hand", "hand_digit", "hand_digits"
 V2_INTEGER_TYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
 V2_FLOAT_TYPES = ("FP32", "FP64", "FP16")
 
@@ -442,30 +370,36 @@ def is_v2_inputs(rows: list) -> bool:
 
 def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
     """Validates one v2 request's input tensors: scalar fields (shape [1]; INT64, or BYTES for `digits`), and
-    a hand as `hand` (FP32 [28, 28]) with `hand_digit`."""
+    a hand as `hand`: FP32 [28, 28] with `hand_digit`, or FP32 [k, 28, 28] with `hand_digits` (BYTES)."""
     if inputs and isinstance(inputs[0], BadRequest):
         raise inputs[0]  # the envelope could not read the request
-    body, hand = {}, {}
+    body, hand, seen = {}, {}, set()
     for tensor in inputs:
         name = tensor.get("name")
         if not isinstance(name, str) or not name:
-            raise BadRequest("every input needs a 'name': count, seed, digit, digits, hand or hand_digit")
-        if name in body or name in hand:
+            raise BadRequest("every input needs a 'name': count, seed, digit, digits, hand, hand_digit or hand_digits")
+        if name in seen:
             raise BadRequest(f"input {name!r} is given twice")
+        seen.add(name)
         datatype, data, shape = tensor.get("datatype"), tensor.get("data"), tensor.get("shape")
-        if name == V2_STRING_INPUT:  # the envelope has already taken a BYTES tensor's one element out of its list
+        if name in V2_STRING_INPUTS:  # the envelope has already taken a BYTES tensor's one element out of its list
             if datatype != "BYTES":
                 raise BadRequest(f"input {name!r} must have datatype BYTES (a string such as \"02139\"), got {datatype!r}")
             if shape != [1]:
                 raise BadRequest(f"input {name!r} must hold one string (shape [1]), got shape {shape!r}")
-            body[name] = data
+            if name == V2_HAND_DIGITS:
+                hand["digits"] = data
+            else:
+                body[name] = data
             continue
         if name == V2_HAND:  # the envelope has reshaped `data` to `shape`: rows of values
             if datatype not in V2_FLOAT_TYPES:
-                raise BadRequest(f"input {name!r} must have datatype FP32 ({HAND_SIDE} x {HAND_SIDE} values in [0, 1]), "
-                                 f"got {datatype!r}")
-            if shape != [HAND_SIDE, HAND_SIDE]:
-                raise BadRequest(f"input {name!r} must have shape [{HAND_SIDE}, {HAND_SIDE}], got {shape!r}")
+                raise BadRequest(f"input {name!r} must have datatype FP32 ({HAND_SIDE} x {HAND_SIDE} values in [0, 1] "
+                                 f"per digit), got {datatype!r}")
+            if shape[-2:] != [HAND_SIDE, HAND_SIDE] or len(shape) not in (2, 3):
+                raise BadRequest(f"input {name!r} must have shape [{HAND_SIDE}, {HAND_SIDE}] (one digit, with "
+                                 f"{V2_HAND_DIGIT!r}) or [k, {HAND_SIDE}, {HAND_SIDE}] (k digits, with "
+                                 f"{V2_HAND_DIGITS!r}), got {shape!r}")
             hand["image"] = data
             continue
         if datatype not in V2_INTEGER_TYPES:
@@ -477,20 +411,21 @@ def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
         else:
             body[name] = data[0]
     if hand:
-        if len(hand) == 1:
-            raise BadRequest("inputs 'hand' and 'hand_digit' go together: the image of one digit, and which digit "
-                             "(0-9) it shows")
+        if "image" not in hand or len(hand) == 1:
+            raise BadRequest("input 'hand' goes with 'hand_digit' (an image of one digit, [28, 28], and which digit it "
+                             "shows) or with 'hand_digits' (k digits, [k, 28, 28], and the number they show)")
         body["hand"] = hand
     return _generation_request(body, num_classes)
 
 
 def v2_outputs(images: np.ndarray, fields: dict) -> dict[str, np.ndarray]:
     """A v2 answer's output tensors by name, as FP64 (see above): the images, and with a hand the model's copy
-    of the upload (`hand_copy`, [28, 28]) and their mean squared error (`hand_error`, [1])."""
+    of the upload (`hand_copy`: [28, 28] for one digit, [k, 28, 28] for k) and their mean squared errors
+    (`hand_error`: [1], or [k])."""
     tensors = {V2_OUTPUT: images.astype(np.float64).round(DECIMALS)}
     if "hand" in fields:
-        tensors["hand_copy"] = fields["hand"]["copy"].astype(np.float64).round(DECIMALS)
-        tensors["hand_error"] = np.array([fields["hand"]["error"]], dtype=np.float64)
+        tensors["hand_copy"] = np.asarray(fields["hand"]["copy"], dtype=np.float64).round(DECIMALS)
+        tensors["hand_error"] = np.atleast_1d(np.asarray(fields["hand"]["error"], dtype=np.float64))
     return tensors
 
 

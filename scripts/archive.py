@@ -28,6 +28,8 @@ from train.files import atomic_path
 # ONNX Runtime's kernels sum in another order than PyTorch's, so the two differ in the last bits;
 # anything as large as the contract's rounding step means the export went wrong.
 EXPORT_TOLERANCE = 1e-4
+# What the handler imports beside the model file: the request contract, and the uploads' image processing.
+HANDLER_MODULES = (HANDLER_DIR / "request_contract.py", HANDLER_DIR / "upload.py")
 
 
 def export_onnx(model: Generator, path: Path) -> None:
@@ -71,7 +73,7 @@ def build_archive(weights: Path, metadata: Path, export_path: Path, model_config
             "--model-file", str(HANDLER_DIR / "generator.py"),
             "--serialized-file", str(weights),
             "--handler", str(HANDLER_DIR / "mnist_gan_handler.py"),
-            "--extra-files", f"{staged_meta},{staged_onnx},{HANDLER_DIR / 'request_contract.py'}",
+            "--extra-files", ",".join(map(str, [staged_meta, staged_onnx, *HANDLER_MODULES])),
             "--config-file", str(model_config),
             "--export-path", staging,
         ]

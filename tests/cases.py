@@ -180,6 +180,16 @@ def png_base64(pixels: np.ndarray, mode: str = "L") -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header claims width x height pixels (a bomb, when large)."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 200).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\xff\xc0")  # SOF0: length, precision, then height and width
+    data[at + 5:at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
 def png_with_header(width: int, height: int) -> str:
     """A base64 PNG whose header claims width x height 1-bit pixels, all white: a decompression bomb when large
     (the file is a few kB; decoded, it is width x height bytes)."""
@@ -196,30 +206,48 @@ def png_with_header(width: int, height: int) -> str:
     return base64.b64encode(png).decode()
 
 
-def hand_body(image, shows: int = 1, **fields) -> bytes:
-    """A request body with a hand: `image` showing the digit `shows`, and any other `fields`."""
-    return orjson.dumps({"hand": {"image": image, "digit": shows}, **fields}, option=orjson.OPT_SERIALIZE_NUMPY)
+def hand_body(image, shows=1, **fields) -> bytes:
+    """A request body with a hand: `image` showing the digit `shows` (an int: 'hand'.'digit'), or the number `shows`
+    (a str: 'hand'.'digits'), and any other `fields`."""
+    which = "digits" if isinstance(shows, str) else "digit"
+    return orjson.dumps({"hand": {"image": image, which: shows}, **fields}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def number_png(strokes: list[np.ndarray], kind: str = "PNG", scale: int = 10) -> str:
+    """Digits (white on black, 28 x 28 each) side by side, as a base64 photo of dark ink on light paper."""
+    ink = np.concatenate(strokes, axis=1)
+    pixels = np.kron(255 - np.rint(215 * ink), np.ones((scale, scale))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 STROKE = stroke()
 DARK_ON_LIGHT = png_base64(np.kron(255 - np.rint(255 * STROKE), np.ones((10, 10))).astype(np.uint8))
-HAND_GOOD = [  # (body, the answer's shape before 28 x 28)
-    (hand_body(STROKE), (1, 10)),  # no digit nor digits: 0 to 9
-    (hand_body(STROKE, digits="2026"), (1, 4)),
-    (hand_body(STROKE, digit=7), (1, 1)),
-    (hand_body(STROKE.tolist(), count=1, digits="0"), (1, 1)),
-    (hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="12"), (1, 2)),
+THREE = [STROKE, stroke(2, -0.2), stroke(4, 0.3)]  # three digits of one hand: "111"
+NUMBER_PHOTO = number_png(THREE)  # 840 x 280, the three side by side
+HAND_GOOD = [  # (body, the answer's shape before 28 x 28, the pieces the upload shows)
+    (hand_body(STROKE), (1, 10), 1),  # no digit nor digits: 0 to 9
+    (hand_body(STROKE, digits="2026"), (1, 4), 1),
+    (hand_body(STROKE, digit=7), (1, 1), 1),
+    (hand_body(STROKE.tolist(), count=1, digits="0"), (1, 1), 1),
+    (hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="12"), (1, 2), 1),
+    (hand_body(number_png([STROKE], "JPEG")), (1, 10), 1),  # one digit, a JPEG
+    (hand_body(NUMBER_PHOTO, "111", digits="2026"), (1, 4), 3),  # a number, cut into its digits
+    (hand_body("data:image/jpeg;base64," + number_png(THREE, "JPEG"), "111"), (1, 10), 3),
+    (hand_body(np.stack(THREE), "111", digits="7"), (1, 1), 3),  # the API's own arrays, one per digit
 ]
 _ROW = [0.0] * 28
 HAND_BAD = [  # (id, body, text the 400 message must contain)
-    ("hand-not-an-object", b'{"hand": 3}', "'hand' must be an object {\"image\": ..., \"digit\": 0-9}, got int"),
+    ("hand-not-an-object", b'{"hand": 3}', "'hand' must be an object {\"image\": ..., \"digit\": 0-9} or"),
     ("hand-null", b'{"hand": null}', "'hand' must be an object"),
     ("hand-unknown-key", hand_body(STROKE)[:-2] + b', "size": 28}}', "unknown field(s) in 'hand': 'size'"),
     ("hand-no-image", b'{"hand": {"digit": 3}}', "'hand' needs 'image'"),
     ("hand-no-digit", orjson.dumps({"hand": {"image": STROKE.tolist()}}), "'hand' needs 'digit'"),
     ("hand-digit-ten", hand_body(STROKE, shows=10), "'hand'.'digit' must be an integer from 0 to 9, got 10"),
-    ("hand-digit-string", hand_body(STROKE, shows="3"), "'hand'.'digit' must be an integer from 0 to 9, got str"),
-    ("hand-image-number", hand_body(5), "'hand'.'image' must be a 28x28 array of numbers in [0, 1] or a base64 PNG, got int"),
+    ("hand-digit-string", orjson.dumps({"hand": {"image": STROKE.tolist(), "digit": "3"}}), "'hand'.'digit' must be an integer from 0 to 9, got str"),
+    ("hand-image-number", hand_body(5), "'hand'.'image' must be a base64 PNG or JPEG, or a 28x28 array of numbers in "
+     "[0, 1], got int"),
     ("hand-27-rows", hand_body([_ROW] * 27), "'hand'.'image' must be 28 rows of 28 numbers, got 27 row(s)"),
     ("hand-row-of-27", hand_body([_ROW] * 27 + [_ROW[:27]]), "got 28 row(s) of 27, 28 value(s)"),
     ("hand-flat-784", hand_body(_ROW * 28), "'hand'.'image' must be 28 rows of 28 numbers, got 784 row(s), not all of them arrays"),
@@ -235,8 +263,15 @@ HAND_BAD = [  # (id, body, text the 400 message must contain)
     ("hand-infinity", hand_body([["INF"] + _ROW[1:]] + [_ROW] * 27).replace(b'"INF"', b"Infinity"), "column 0 is inf"),
     ("hand-blank-array", hand_body([_ROW] * 28), "nothing is drawn in 'hand'.'image'"),
     ("hand-faint-array", hand_body(np.full((28, 28), 0.09)), "nothing is drawn"),
-    ("hand-bad-base64", hand_body("not base64!"), "'hand'.'image' is neither a 28x28 array nor valid base64"),
-    ("hand-base64-of-a-gif", hand_body(base64.b64encode(b"GIF89a" + bytes(40)).decode()), "not of a PNG file"),
+    ("hand-bad-base64", hand_body("not base64!"), "'hand'.'image' is neither an array nor valid base64"),
+    ("hand-base64-of-a-gif", hand_body(base64.b64encode(b"GIF89a" + bytes(40)).decode()), "not of a PNG or a JPEG file"),
+    # the signature and IHDR's length and name, cut there: its size cannot be read (once a 503 for the whole batch)
+    ("hand-png-cut-in-its-header", hand_body("iVBORw0KGgoAAAANSUhEUg=="), "'hand'.'image' is not a PNG that can be read"),
+    ("hand-truncated-jpeg", hand_body(number_png([STROKE], "JPEG")[:300]), "'hand'.'image' is not a JPEG that can be read"),
+    ("hand-unreadable-jpeg", hand_body(base64.b64encode(b"\xff\xd8\xff\xe0" + bytes(200)).decode()),
+     "'hand'.'image' is not a JPEG that can be read"),
+    ("hand-jpeg-over-the-area", hand_body(base64.b64encode(jpeg_claiming(4096, 4096)).decode()),
+     "'hand'.'image' is 4096x4096 pixels (16.8 megapixels): at most 12.6 megapixels"),
     ("hand-truncated-png", hand_body(DARK_ON_LIGHT[:200]), "'hand'.'image' is not a PNG that can be read"),
     ("hand-data-url-not-base64", hand_body("data:image/png," + DARK_ON_LIGHT), "data:image/png;base64,"),
     ("hand-png-4097-wide", hand_body(png_with_header(4097, 1)), "'hand'.'image' is 4097x1 pixels: at most 4096 a side"),
@@ -246,6 +281,30 @@ HAND_BAD = [  # (id, body, text the 400 message must contain)
     ("hand-count-3", hand_body(STROKE, count=3), "'count' must be 1 with 'hand' (there is one hand: the one in the image), got 3"),
     ("hand-seed", hand_body(STROKE, seed=7), "'seed' does not go with 'hand'"),
     ("hand-digit-and-digits", hand_body(STROKE, digit=3, digits="12"), "give 'digit' (every image that digit) or 'digits'"),
+    # a number: 'hand'.'digits'
+    ("hand-digit-and-its-digits", orjson.dumps({"hand": {"image": NUMBER_PHOTO, "digit": 1, "digits": "111"}}),
+     "give 'hand'.'digit' (the image is one digit) or 'hand'.'digits' (the number the image shows, left to right), not both"),
+    ("hand-neither-digit-nor-digits", orjson.dumps({"hand": {"image": NUMBER_PHOTO}}), "'hand' needs 'digit' or 'digits'"),
+    ("hand-digits-empty", hand_body(NUMBER_PHOTO, ""), "'hand'.'digits' must hold 1 to 12 digits, got 0"),
+    ("hand-digits-13", hand_body(NUMBER_PHOTO, "1" * 13), "'hand'.'digits' must hold 1 to 12 digits, got 13"),
+    ("hand-digits-letter", hand_body(NUMBER_PHOTO, "1l1"), "'hand'.'digits' may hold only the characters 0-9, got 'l' at "
+     "position 2"),
+    ("hand-digits-integer", orjson.dumps({"hand": {"image": NUMBER_PHOTO, "digits": 111}}),
+     "'hand'.'digits' must be a string of 1 to 12 decimal digits such as \"02139\", got int"),
+    ("hand-arrays-fewer-than-digits", hand_body(np.stack(THREE[:2]), "111"),
+     "'hand'.'image' holds 2 array(s), but 'hand'.'digits' has 3 digits: one 28x28 array per digit"),
+    ("hand-one-array-for-digits", hand_body(STROKE, "1"), "'hand'.'image' with 'hand'.'digits' must be a list of 1 "
+     "28x28 arrays, one per digit, got a single array"),
+    ("hand-arrays-one-blank", hand_body(np.stack([STROKE, np.zeros((28, 28)), STROKE]), "101"),
+     "nothing is drawn in 'hand'.'image' (digit 2 of 3, '0')"),
+    ("hand-arrays-one-bad-row", hand_body([STROKE.tolist(), [_ROW] * 27], "11"),
+     "'hand'.'image' (array 2 of 2) must be 28 rows of 28 numbers, got 27 row(s)"),
+    ("hand-number-too-many-marks", hand_body(NUMBER_PHOTO, "11"), "'hand'.'image' shows 3 separate marks, but 'digits' "
+     "has 2: say every digit it shows, or leave out what is not a digit"),
+    ("hand-number-too-few-marks", hand_body(number_png([STROKE]), "1111"),
+     "but 'digits' has 4: write the digits apart"),
+    ("hand-number-blank", hand_body(png_base64(np.full((50, 90), 230, np.uint8)), "12"),
+     "nothing is drawn in 'hand'.'image'"),
 ]
 
 

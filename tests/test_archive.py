@@ -1,4 +1,5 @@
 """`make archive`: builds a real .mar, and refuses weights that would make a broken one."""
+import ast
 import json
 import subprocess
 import sys
@@ -18,11 +19,32 @@ from scripts.archive import build_archive
 from train.artifacts import load_run
 
 
+def handler_imports() -> set[str]:
+    """The handler/ modules that the files in handler/ import (as TorchServe imports them: top-level names)."""
+    ours = {path.stem for path in (ROOT / "handler").glob("*.py")}
+    found = set()
+    for path in (ROOT / "handler").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                found |= {node.module} if node.module else {alias.name for alias in node.names}
+    return found & ours
+
+
+def test_the_served_worker_imports_every_handler_module_from_the_archive(tiny_store, handler_client, tiny_model_dir):
+    assert {"generator", "request_contract", "upload"} <= handler_imports()
+    packed = {Path(name).stem for name in zipfile.ZipFile(tiny_store / "mnist_gan.mar").namelist()}
+    assert handler_imports() <= packed
+    for name in handler_imports():  # the worker (TorchServe's own loader, in-process) took each from the unpacked archive
+        assert Path(sys.modules[name].__file__).parent == tiny_model_dir, name
+
+
 def test_archive_packs_model_file_weights_handler_and_metadata(tiny_store, tiny_run):
     mar = tiny_store / "mnist_gan.mar"
     names = set(zipfile.ZipFile(mar).namelist())
     assert {"generator.py", "generator.pt", "generator.json", "mnist_gan_handler.py", "request_contract.py",
-            "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
+            "upload.py", "model-config.yaml", "MAR-INF/MANIFEST.json"} <= names
     manifest = json.loads(zipfile.ZipFile(mar).read("MAR-INF/MANIFEST.json"))
     assert manifest["model"]["modelFile"] == "generator.py" and manifest["model"]["handler"] == "mnist_gan_handler.py"
     assert [p.name for p in tiny_store.iterdir()] == ["mnist_gan.mar"]  # no staging leftovers

@@ -14,12 +14,12 @@ from PIL import Image
 from cases import (DARK_ON_LIGHT, HAND_BAD, HAND_GOOD, JSON, PNG, RUNTIME_AND_ROUNDING, STROKE, decode_png,
                    hand_body, number_rows_size, png_base64, stroke)
 from handler.generator import find_hand, sample_noise
-from handler.request_contract import BadRequest, mnist_box, prepare_png
+from handler.upload import UnusableImage, mnist_box, prepare_digit
 from experiments.one_hand import style_measures
 
 
 def prepared(image_b64: str) -> np.ndarray:
-    return prepare_png(base64.b64decode(image_b64))
+    return prepare_digit(base64.b64decode(image_b64))
 
 
 def center_of_mass(image: np.ndarray) -> tuple[float, float]:
@@ -88,8 +88,8 @@ def test_a_png_is_refused_before_it_is_decoded_when_too_large(monkeypatch):
 
     too_wide = base64.b64decode(png_base64(np.zeros((10, 4097), np.uint8)))
     monkeypatch.setattr(Image.Image, "load", never)
-    with pytest.raises(BadRequest, match="4097x10 pixels: at most 4096 a side"):
-        prepare_png(too_wide)
+    with pytest.raises(UnusableImage, match="4097x10 pixels: at most 4096 a side"):
+        prepare_digit(too_wide)
 
 
 # --- the search: generator.find_hand ---------------------------------------------------------------
@@ -132,20 +132,27 @@ def test_a_bad_hand_gets_400_with_a_message(handler_client, case_id, raw, messag
     assert message in body["error"]
 
 
-@pytest.mark.parametrize("raw,shape", HAND_GOOD, ids=[str(s) for _, s in HAND_GOOD])
-def test_a_hand_writes_the_number_with_the_upload_as_prepared_its_copy_and_their_error(handler_client, raw, shape):
+@pytest.mark.parametrize("raw,shape,pieces", HAND_GOOD, ids=[f"{s}-{p}" for _, s, p in HAND_GOOD])
+def test_a_hand_writes_the_number_with_the_upload_as_prepared_its_copy_and_their_error(handler_client, raw, shape,
+                                                                                       pieces):
     code, body = handler_client.post(raw)
     assert code == 200 and set(body) == {"images", "hand"} and set(body["hand"]) == {"image", "copy", "error"}
     images = np.asarray(body["images"])
     upload, copy = np.asarray(body["hand"]["image"]), np.asarray(body["hand"]["copy"])
-    assert images.shape == (*shape, 28, 28) and upload.shape == copy.shape == (28, 28)
-    assert images.min() >= 0 and images.max() <= 1 and np.all(np.round(images, 4) == images)
-    assert body["hand"]["error"] == pytest.approx(((upload - copy) ** 2).mean(), abs=2e-6)
     fields = orjson.loads(raw)
+    shown = fields["hand"].get("digits", str(fields["hand"].get("digit")))
+    one = "digit" in fields["hand"]  # one digit: 28 x 28 and one error, as before numbers were taken
+    assert images.shape == (*shape, 28, 28)
+    assert upload.shape == copy.shape == ((28, 28) if one else (pieces, 28, 28)) and len(shown) == pieces
+    assert images.min() >= 0 and images.max() <= 1 and np.all(np.round(images, 4) == images)
+    errors = ((upload - copy) ** 2).mean((-2, -1))
+    assert np.asarray(body["hand"]["error"]) == pytest.approx(errors, abs=1e-6)
     number = fields.get("digits", str(fields["digit"]) if "digit" in fields else "0123456789")
+    copies = copy.reshape(-1, 28, 28)
     for position, digit in enumerate(number):
-        if int(digit) == fields["hand"]["digit"]:
-            assert np.array_equal(images[0, position], copy)  # the copy is the hand's own digit
+        for piece, drawn in zip(shown, copies):
+            if digit == piece:
+                assert np.array_equal(images[0, position], drawn)  # the copy is the hand's own digit
 
 
 def test_the_hand_is_find_hand_on_the_upload_and_writes_the_generators_digits(handler_client, model):
