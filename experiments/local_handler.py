@@ -112,7 +112,9 @@ class _Socket:
 class LocalHandler:
     """A model directory loaded as TorchServe's worker loads it; `batch` sends requests through it."""
 
-    def __init__(self, model_dir: Path, batch_size: int = 8) -> None:
+    def __init__(self, model_dir: Path, batch_size: int = 8, model_name: Optional[str] = None) -> None:
+        """`model_name`: the name the model is registered under (the archive's own by default; the hand route's
+        to load the worker that route gets)."""
         import ts
 
         if str(model_dir) not in sys.path:
@@ -120,8 +122,9 @@ class LocalHandler:
         metrics = MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
         metrics.initialize_cache()
         manifest = orjson.loads((Path(model_dir) / "MAR-INF" / "MANIFEST.json").read_bytes())
-        metrics.model_name = manifest["model"]["modelName"]  # as TorchServe's worker sets it
-        self.service = TsModelLoader().load(manifest["model"]["modelName"], str(model_dir),
+        model_name = model_name or manifest["model"]["modelName"]
+        metrics.model_name = model_name  # as TorchServe's worker sets it
+        self.service = TsModelLoader().load(model_name, str(model_dir),
                                             manifest["model"]["handler"], None, batch_size, None, True, metrics)
         self.service.set_cl_socket(None)
         self.context = self.service.context

@@ -6,10 +6,8 @@ import it, so the served network is the trained one by construction. The handler
 builds it with the keyword arguments recorded in `generator.json`, so the served
 settings are the training run's (train/config.py), whatever the defaults here.
 """
-from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -155,57 +153,3 @@ def sample_noise(model: Generator, count: int, rng: torch.Generator, noise_std: 
 def onnx_feeds(noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict:
     """forward's (CPU) arguments as the ONNX export's named inputs."""
     return {name: tensor.numpy() for name, tensor in zip(ONNX_INPUTS, (noise, labels)) if tensor is not None}
-
-
-# Finding a hand (GAN inversion): the search's settings, measured in docs/quality.md's "Your hand" section.
-HAND_ITERATIONS = 30  # L-BFGS-B iterations (each one or a few forward and backward passes)
-# How much the noise's own prior weighs against the pixels: higher keeps the hand nearer the mean hand, whose other
-# digits are more legible and keep the drawn style better, but copy the upload less closely (measured: 0.003).
-HAND_PRIOR = 0.003
-
-
-def find_hand(model: Generator, images: torch.Tensor, digits: Union[int, Sequence[int]],
-              iterations: int = HAND_ITERATIONS) -> torch.Tensor:
-    """The noise vector (one hand) that most probably drew `images` (k x 28 x 28 in [0, 1], or one 28 x 28) as
-    `digits` (k digits, or one): GAN inversion, each image's mean squared pixel error, summed, plus the noise's prior
-    (normal noise: HAND_PRIOR x mean(z^2) / noise_std^2; uniform noise: its cube), minimised by L-BFGS from the mean
-    hand. Several digits of one hand pin it down far better than one; what they do not show of it stays the mean
-    hand's, so the other digits are not written with strokes the search made up. Deterministic: the same images and
-    digits give the same vector, bit for bit, on one thread. Runs on the model's device, with gradients even under
-    inference mode; the vector comes back on the CPU."""
-    # SciPy's L-BFGS-B, not torch.optim's: an Optimizer's first use imports TorchDynamo (seconds, in every worker).
-    from scipy.optimize import minimize
-
-    normal = model.noise == "normal"
-    device = next(model.parameters()).device
-
-    def loss_and_gradient(values: np.ndarray) -> tuple[float, np.ndarray]:
-        noise = torch.from_numpy(values.astype(np.float32)).to(device).view(1, -1).requires_grad_(True)
-        # Each digit's mean squared error, summed: every digit shown is more evidence against the same prior.
-        loss = ((model(noise.expand(len(labels), -1), labels) - target) ** 2).mean((1, 2, 3)).sum()
-        if normal:
-            loss = loss + HAND_PRIOR * (noise ** 2).mean() / model.noise_std ** 2
-        gradient, = torch.autograd.grad(loss, noise)  # the noise's gradient only, not the weights'
-        return loss.item(), gradient.double().cpu().numpy().ravel()
-
-    with torch.inference_mode(False), torch.enable_grad(), _without_onednn():
-        # made here: no inference tensor in the graph
-        target = images.detach().clone().to(device, torch.float32).reshape(-1, *IMAGE_SHAPE)
-        labels = torch.as_tensor(digits, dtype=torch.long).reshape(-1).to(device)
-        if len(labels) != len(target):
-            raise ValueError(f"{len(target)} images, but {len(labels)} digits: one digit per image")
-        found = minimize(loss_and_gradient, np.full(model.latent_dim, 0.0 if normal else 0.5), jac=True,
-                         method="L-BFGS-B", bounds=None if normal else [(0.0, 1.0)] * model.latent_dim,
-                         options={"maxiter": iterations, "maxfun": iterations * 5 // 4})
-    return torch.from_numpy(found.x.astype(np.float32))
-
-
-@contextmanager
-def _without_onednn() -> Iterator[None]:
-    """oneDNN's convolutions cost more than they save on one small image: PyTorch's own kernels step faster."""
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = enabled

@@ -16,10 +16,11 @@ import onnxruntime
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from generator import METADATA_FILE, ONNX_FILE, Generator, find_hand, onnx_feeds, sample_latent, sample_noise
+from generator import METADATA_FILE, ONNX_FILE, Generator, onnx_feeds, sample_latent, sample_noise
 from request_contract import (DECIMALS, JSON_TYPE, BadRequest, GenerationRequest, Hand, adapt_kservev2_envelope,
                               encode_answer, error_body, header, is_v2_inputs, parse_request, parse_v2_request, v2_error,
                               v2_outputs)
+from search import SEARCH_ONNX_FILE, find_hand
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,19 @@ def set_request_logs(enabled: bool) -> None:
         root.addFilter(_keep_unless_per_request)
 
 
+def lower_priority(nice: int) -> None:
+    """Every thread of this worker at CPU priority `nice` (19: the lowest), those it starts later too: the scheduler
+    then runs them on what the cores have left over. Raising a nice value needs no privilege."""
+    if nice <= 0:
+        return
+    try:
+        threads = [int(task) for task in os.listdir("/proc/self/task")]  # Linux: a nice value is per thread
+    except OSError:
+        threads = [0]
+    for thread in threads:
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
+
+
 class DigitGANHandler(BaseHandler):
     """Thin BaseHandler subclass: BaseHandler.handle runs preprocess -> inference -> postprocess."""
 
@@ -66,6 +80,13 @@ class DigitGANHandler(BaseHandler):
         super().initialize(context)
         # model-config.yaml's `handler:` section (packed into the .mar)
         options = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        # Two routes to one archive (config.properties registers it twice): the archive's own name draws digits, and
+        # `hand_route` finds hands. None: one route does both.
+        self.hand_route = options.get("hand_route")
+        self.digits_route = context.manifest["model"]["modelName"]
+        self.serves_hands = context.model_name == self.hand_route
+        if self.serves_hands:
+            lower_priority(int(options.get("hand_nice", 0)))
         set_request_logs(bool(options.get("request_logs", False)))
         runtime = options.get("runtime", "onnxruntime")
         if runtime not in RUNTIMES:
@@ -73,7 +94,12 @@ class DigitGANHandler(BaseHandler):
         # ONNX Runtime on a CPU, where it runs these small convolutions faster than PyTorch (docs/serving.md);
         # PyTorch on a GPU, or when the config asks for it. Both run the same trained weights.
         on_cpu_onnx = runtime == "onnxruntime" and self.device.type == "cpu"
-        self.session = self._onnx_session(model_dir, threads) if on_cpu_onnx else None
+        self.session = self._onnx_session(model_dir, ONNX_FILE, threads) if on_cpu_onnx else None
+        # The search for a hand in ONNX Runtime too (its steps several times faster than PyTorch's autograd), where
+        # the archive has it: an unconditional generator's has not, nor an archive from before it was made.
+        searches = on_cpu_onnx and (self.hand_route is None or self.serves_hands) and os.path.exists(
+            os.path.join(model_dir, SEARCH_ONNX_FILE))
+        self.search_session = self._onnx_session(model_dir, SEARCH_ONNX_FILE, threads) if searches else None
         adapt_kservev2_envelope()  # with service_envelope=kservev2: protocol error bodies, 400 not 503
         self.v2 = False
         self.rng = torch.Generator()  # reseeded for every request
@@ -82,10 +108,10 @@ class DigitGANHandler(BaseHandler):
                     "ONNX Runtime" if self.session else f"PyTorch ({self.device})")
 
     @staticmethod
-    def _onnx_session(model_dir: str, threads: int) -> onnxruntime.InferenceSession:
-        path = os.path.join(model_dir, ONNX_FILE)
+    def _onnx_session(model_dir: str, name: str, threads: int) -> onnxruntime.InferenceSession:
+        path = os.path.join(model_dir, name)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{ONNX_FILE} is not in the model archive: rebuild it with `make archive`, "
+            raise FileNotFoundError(f"{name} is not in the model archive: rebuild it with `make archive`, "
                                     "or set `handler: runtime: torch` in model-config.yaml")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = threads
@@ -106,7 +132,7 @@ class DigitGANHandler(BaseHandler):
         self.v2 = is_v2_inputs(data)
         if self.v2:  # TorchServe's kservev2 envelope: `data` is the input tensors of one request
             try:
-                return [parse_v2_request(data, self.model.num_classes)]
+                return [parse_v2_request(data, self.model.num_classes, self._route)]
             except BadRequest as error:
                 return [error]
         if len(data) > 1:
@@ -116,10 +142,22 @@ class DigitGANHandler(BaseHandler):
             headers = self.context.request_processor[idx].get_request_properties()
             try:
                 requests.append(parse_request(row, self._content_type(headers), header(headers, "accept"),
-                                              self.model.num_classes))
+                                              self.model.num_classes, self._route))
             except BadRequest as error:
                 requests.append(error)
         return requests
+
+    def _route(self, has_hand: bool) -> None:
+        """BadRequest for a request that came to the wrong route: with two, a hand goes to the hand route, and nothing
+        else does."""
+        if self.hand_route is None or has_hand == self.serves_hands:
+            return
+        if has_hand:
+            raise BadRequest(f"'hand' goes to /predictions/{self.hand_route} (a search for a hand takes a worker tens of "
+                             f"milliseconds: hands have their own queue and workers there, so they never delay anyone "
+                             f"else's digits)")
+        raise BadRequest(f"this route writes in an uploaded hand and needs 'hand'; ask for a seed's hands at "
+                         f"/predictions/{self.digits_route}")
 
     @staticmethod
     def _content_type(headers: dict) -> Optional[str]:
@@ -154,13 +192,14 @@ class DigitGANHandler(BaseHandler):
         return np.stack([drawn[d] for d in number], axis=1).round(DECIMALS)
 
     def _find_hand(self, hand: Hand) -> torch.Tensor:
-        """find_hand on the upload (in PyTorch: ONNX Runtime computes no gradients), or the hand this worker found
-        for the same upload lately: a person writing one number after another in their hand waits once."""
+        """find_hand on the upload, or the hand this worker found for the same upload lately: a person writing one
+        number after another in their hand waits once."""
         key = (hand.digits, hashlib.sha256(hand.images.tobytes()).digest())  # a digest: the upload itself is not kept
         if key in self.found_hands:
             self.found_hands.move_to_end(key)
         else:
-            self.found_hands[key] = find_hand(self.model, torch.from_numpy(hand.images), [int(d) for d in hand.digits])
+            self.found_hands[key] = find_hand(self.model, torch.from_numpy(hand.images), [int(d) for d in hand.digits],
+                                              session=self.search_session)
             if len(self.found_hands) > HANDS_KEPT:
                 self.found_hands.popitem(last=False)
         return self.found_hands[key]

@@ -28,7 +28,7 @@ import math
 import secrets
 from http import HTTPStatus
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import orjson
@@ -129,7 +129,8 @@ def _decode_body(value: Any) -> Any:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
-def parse_request(row: dict, content_type: Optional[str], accept: Optional[str], num_classes: int) -> GenerationRequest:
+def parse_request(row: dict, content_type: Optional[str], accept: Optional[str], num_classes: int,
+                  route: Optional[Callable[[bool], None]] = None) -> GenerationRequest:
     """Validates one request's TorchServe input row and headers; raises BadRequest saying what is wrong.
 
     The Content-Type comes first: TorchServe's frontend turns a form-encoded body into form fields,
@@ -142,7 +143,7 @@ def parse_request(row: dict, content_type: Optional[str], accept: Optional[str],
     body = _decode_body(row["body"])
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, got {type(body).__name__ if body is not None else 'null'}")
-    return replace(_generation_request(body, num_classes), answer_type=answer_type(accept))
+    return replace(_generation_request(body, num_classes, route), answer_type=answer_type(accept))
 
 
 def _accepted_quality(offer: str, ranges: list[tuple[str, float]]) -> float:
@@ -212,10 +213,13 @@ def encode_answer(images: np.ndarray, media_type: str, fields: Optional[dict] = 
     return orjson.dumps({"images": images, **(fields or {})}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _generation_request(body: dict, num_classes: int) -> GenerationRequest:
-    """The fields' checks, shared by the plain JSON body and the v2 input tensors."""
+def _generation_request(body: dict, num_classes: int, route: Optional[Callable[[bool], None]] = None) -> GenerationRequest:
+    """The fields' checks, shared by the plain JSON body and the v2 input tensors. `route(has_hand)` raises BadRequest
+    when the request has come to the wrong route (before anything else in it is judged)."""
     allowed = ("count", "seed", "digit", "digits", "hand") if num_classes else ("count", "seed")
     unknown = [name for name in body if name not in allowed]
+    if route is not None and num_classes:
+        route("hand" in body)
     if unknown:
         hint = " (this model is unconditional)" if {"digit", "digits", "hand"} & set(unknown) else ""
         raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}{hint}; allowed: {', '.join(allowed)}")
@@ -368,7 +372,8 @@ def is_v2_inputs(rows: list) -> bool:
     return bool(rows) and all(isinstance(row, dict) and "datatype" in row and "body" not in row for row in rows)
 
 
-def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
+def parse_v2_request(inputs: list[dict], num_classes: int,
+                     route: Optional[Callable[[bool], None]] = None) -> GenerationRequest:
     """Validates one v2 request's input tensors: scalar fields (shape [1]; INT64, or BYTES for `digits`), and
     a hand as `hand`: FP32 [28, 28] with `hand_digit`, or FP32 [k, 28, 28] with `hand_digits` (BYTES)."""
     if inputs and isinstance(inputs[0], BadRequest):
@@ -415,7 +420,7 @@ def parse_v2_request(inputs: list[dict], num_classes: int) -> GenerationRequest:
             raise BadRequest("input 'hand' goes with 'hand_digit' (an image of one digit, [28, 28], and which digit it "
                              "shows) or with 'hand_digits' (k digits, [k, 28, 28], and the number they show)")
         body["hand"] = hand
-    return _generation_request(body, num_classes)
+    return _generation_request(body, num_classes, route)
 
 
 def v2_outputs(images: np.ndarray, fields: dict) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
 
 DIGIT_SIDE = 28  # the model's image: 28 x 28 values in [0, 1], white ink on black
 MNIST_BOX = 20  # MNIST fitted each digit's longest side into 20 px, then centered its center of mass in 28 x 28
@@ -214,6 +213,10 @@ def cut_digits(ink: np.ndarray, count: int) -> list[np.ndarray]:
     its top to its bottom that crosses the least ink, until there are `count`. More marks than digits, or a mark too
     narrow to be two digits, cannot be cut so: UnusableImage says what was found.
     """
+    # Here, not at import: SciPy's OpenBLAS starts a thread per core when it loads, unless the worker has said how many
+    # (initialize() does, after TorchServe has imported this module).
+    from scipy import ndimage
+
     peak = float(ink.max())
     if peak < INK_LEVEL:
         raise NothingDrawn(f"has no pixel with {INK_LEVEL} ink or more")

@@ -11,7 +11,7 @@ from filelock import FileLock
 from scripts import ROOT, read_model_config
 from scripts.archive import build_archive
 from scripts.server import TorchServe, _alive, free_ports
-from experiments.local_handler import LocalHandler, unpack_archive
+from experiments.local_handler import LocalHandler, copy_model_dir, unpack_archive
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
@@ -112,6 +112,15 @@ def small_classifier(tmp_path_factory, data_dir):
 @pytest.fixture(scope="session")
 def handler_client(tiny_model_dir) -> LocalHandler:
     return LocalHandler(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def hand_client(tiny_model_dir, tmp_path_factory) -> LocalHandler:
+    """The tiny archive's worker as the hand route gets it; at the test process's own CPU priority (a worker's is
+    the lowest, which would starve this process beside the suite's other one)."""
+    handler = read_model_config()["handler"]
+    model_dir = copy_model_dir(tiny_model_dir, tmp_path_factory.mktemp("hand") / "model_dir", {"handler": {"hand_nice": 0}})
+    return LocalHandler(model_dir, model_name=handler["hand_route"])
 
 
 @pytest.fixture(scope="session")

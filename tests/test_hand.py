@@ -1,8 +1,9 @@
 """The `hand` field in-process: an upload prepared as MNIST's digits were (request_contract), the hand found from
-it (generator.find_hand), and the handler's answers, loaded from the real archive by TorchServe's worker code."""
+it (search.find_hand), and the handler's answers, loaded from the real archive by TorchServe's worker code."""
 import base64
 import io
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -13,7 +14,9 @@ from PIL import Image
 
 from cases import (DARK_ON_LIGHT, HAND_BAD, HAND_GOOD, JSON, PNG, RUNTIME_AND_ROUNDING, STROKE, decode_png,
                    hand_body, number_rows_size, png_base64, stroke)
-from handler.generator import find_hand, sample_noise
+from handler.generator import sample_noise
+from scripts import ROOT, read_model_config
+from handler.search import find_hand
 from handler.upload import UnusableImage, mnist_box, prepare_digit
 from experiments.one_hand import style_measures
 
@@ -92,11 +95,11 @@ def test_a_png_is_refused_before_it_is_decoded_when_too_large(monkeypatch):
         prepare_digit(too_wide)
 
 
-# --- the search: generator.find_hand ---------------------------------------------------------------
+# --- the search: search.find_hand ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model(handler_client):
-    return handler_client.handler.model
+def model(hand_client):
+    return hand_client.handler.model
 
 
 def test_a_drawn_digit_finds_a_hand_that_copies_it_far_better_than_random_hands(model):
@@ -126,16 +129,16 @@ def test_the_search_is_the_same_under_inference_mode_and_repeats_bit_for_bit(mod
 # --- the handler's answers -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case_id,raw,message", HAND_BAD, ids=[c[0] for c in HAND_BAD])
-def test_a_bad_hand_gets_400_with_a_message(handler_client, case_id, raw, message):
-    code, body = handler_client.post(raw)
+def test_a_bad_hand_gets_400_with_a_message(hand_client, case_id, raw, message):
+    code, body = hand_client.post(raw)
     assert code == 400, body
     assert message in body["error"]
 
 
 @pytest.mark.parametrize("raw,shape,pieces", HAND_GOOD, ids=[f"{s}-{p}" for _, s, p in HAND_GOOD])
-def test_a_hand_writes_the_number_with_the_upload_as_prepared_its_copy_and_their_error(handler_client, raw, shape,
+def test_a_hand_writes_the_number_with_the_upload_as_prepared_its_copy_and_their_error(hand_client, raw, shape,
                                                                                        pieces):
-    code, body = handler_client.post(raw)
+    code, body = hand_client.post(raw)
     assert code == 200 and set(body) == {"images", "hand"} and set(body["hand"]) == {"image", "copy", "error"}
     images = np.asarray(body["images"])
     upload, copy = np.asarray(body["hand"]["image"]), np.asarray(body["hand"]["copy"])
@@ -155,8 +158,8 @@ def test_a_hand_writes_the_number_with_the_upload_as_prepared_its_copy_and_their
                 assert np.array_equal(images[0, position], drawn)  # the copy is the hand's own digit
 
 
-def test_the_hand_is_find_hand_on_the_upload_and_writes_the_generators_digits(handler_client, model):
-    code, body = handler_client.post(hand_body(STROKE, digits="4071"))
+def test_the_hand_is_find_hand_on_the_upload_and_writes_the_generators_digits(hand_client, model):
+    code, body = hand_client.post(hand_body(STROKE, digits="4071"))
     found = find_hand(model, torch.from_numpy(STROKE), 1)
     with torch.inference_mode():
         expected = torch.stack([model(found[None], torch.full((1,), int(d)))[0, 0] for d in "4071"]).numpy()
@@ -164,32 +167,32 @@ def test_the_hand_is_find_hand_on_the_upload_and_writes_the_generators_digits(ha
     assert np.array_equal(np.asarray(body["hand"]["image"]), STROKE)  # an array is used as given
 
 
-def test_the_same_upload_gives_the_same_answer_whatever_it_is_batched_with(handler_client):
+def test_the_same_upload_gives_the_same_answer_whatever_it_is_batched_with(hand_client):
     raw = hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="90210")
-    alone = handler_client.request(raw).body
-    batched = handler_client.batch([(b'{"count": 64, "seed": 1}', {"Content-Type": JSON}),
+    alone = hand_client.request(raw).body
+    batched = hand_client.batch([(b'{"count": 64, "seed": 1}', {"Content-Type": JSON}),
                                     (raw, {"Content-Type": JSON}),
                                     (hand_body(stroke(shear=-0.2)), {"Content-Type": JSON}),
                                     (hand_body(STROKE, count=2), {"Content-Type": JSON})])
-    assert [reply.status for reply in batched] == [200, 200, 200, 400]
+    assert [reply.status for reply in batched] == [400, 200, 200, 400]  # a seed's number belongs to the other route
     assert batched[1].body == alone
-    again = handler_client.request(raw).body
+    again = hand_client.request(raw).body
     assert again == alone
 
 
-def test_a_hands_png_is_the_written_number_in_one_row(handler_client):
+def test_a_hands_png_is_the_written_number_in_one_row(hand_client):
     raw = hand_body(STROKE, digits="2026")
-    png = handler_client.request(raw, accept=PNG)
+    png = hand_client.request(raw, accept=PNG)
     assert png.status == 200 and png.content_type == PNG
     pixels = decode_png(png.body)
     assert pixels.shape == number_rows_size(1, 4)
-    written = np.asarray(handler_client.request(raw).json()["images"])[0]
+    written = np.asarray(hand_client.request(raw).json()["images"])[0]
     assert np.array_equal(pixels, np.rint(255 * np.concatenate(list(written), axis=1)).astype(np.uint8))
 
 
-def test_two_hands_write_the_same_number_differently(handler_client):
-    thin = np.asarray(handler_client.post(hand_body(stroke(thickness=1, shear=0.3), digits="0"))[1]["images"])
-    thick = np.asarray(handler_client.post(hand_body(stroke(thickness=5, shear=-0.3), digits="0"))[1]["images"])
+def test_two_hands_write_the_same_number_differently(hand_client):
+    thin = np.asarray(hand_client.post(hand_body(stroke(thickness=1, shear=0.3), digits="0"))[1]["images"])
+    thick = np.asarray(hand_client.post(hand_body(stroke(thickness=5, shear=-0.3), digits="0"))[1]["images"])
     assert np.abs(thin - thick).max() > 0.1
 
 
@@ -204,23 +207,52 @@ def test_style_of_the_test_strokes_is_what_their_names_say():
     assert measures["slant"][0] > 0 > measures["slant"][1] and measures["ink"][1] > 3 * measures["ink"][0]
 
 
-def test_a_worker_searches_once_for_an_upload_it_has_seen_lately(handler_client, monkeypatch):
-    handler = handler_client.handler
+def test_a_worker_searches_once_for_an_upload_it_has_seen_lately(hand_client, monkeypatch):
+    handler = hand_client.handler
     module = sys.modules[type(handler).__module__]  # the handler as TorchServe's worker imported it
     searches = []
     real = module.find_hand
-    monkeypatch.setattr(module, "find_hand", lambda *args: searches.append(args[2]) or real(*args))
+    monkeypatch.setattr(module, "find_hand", lambda *args, **kwargs: searches.append(args[2]) or real(*args, **kwargs))
     monkeypatch.setattr(handler, "found_hands", type(handler.found_hands)())
     upload = stroke(thickness=2, shear=0.1)
-    first = handler_client.request(hand_body(upload, digits="12")).body
-    again = handler_client.request(hand_body(upload, digits="0")).body  # another number, the same hand
+    first = hand_client.request(hand_body(upload, digits="12")).body
+    again = hand_client.request(hand_body(upload, digits="0")).body  # another number, the same hand
     assert len(searches) == 1
     assert orjson.loads(again)["hand"] == orjson.loads(first)["hand"]
-    assert handler_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 1
+    assert hand_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 1
     monkeypatch.setattr(module, "HANDS_KEPT", 2)
     for shear in (0.0, -0.1, -0.2):  # three other uploads: the first one is forgotten
-        handler_client.request(hand_body(stroke(thickness=2, shear=shear)))
-    assert handler_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 5
+        hand_client.request(hand_body(stroke(thickness=2, shear=shear)))
+    assert hand_client.request(hand_body(upload, digits="12")).body == first and len(searches) == 5
+
+
+def test_a_kept_hand_is_looked_up_by_the_upload_and_the_digits_it_shows(hand_client, monkeypatch):
+    handler = hand_client.handler
+    module = sys.modules[type(handler).__module__]
+    searches = []
+    real = module.find_hand
+    monkeypatch.setattr(module, "find_hand", lambda *args, **kwargs: searches.append(args[2]) or real(*args, **kwargs))
+    monkeypatch.setattr(handler, "found_hands", type(handler.found_hands)())
+    drawing = stroke(thickness=3, shear=-0.1)
+    as_one = hand_client.post(hand_body(drawing, 1, digits="0"))[1]
+    as_seven = hand_client.post(hand_body(drawing, 7, digits="0"))[1]  # the same drawing, said to be a 7
+    assert searches == [[1], [7]]  # searched again, as a 7
+    assert as_one["images"] != as_seven["images"] and as_one["hand"]["copy"] != as_seven["hand"]["copy"]
+    hand_client.post(hand_body(np.stack([drawing, drawing]), "17"))
+    hand_client.post(hand_body(np.stack([drawing, drawing]), "71"))  # the same pieces, said to be another number
+    assert searches[2:] == [[1, 7], [7, 1]]
+
+
+@pytest.mark.parametrize("digit", [0, 3, 7])
+def test_the_search_takes_the_digit_the_upload_shows(hand_client, model, digit):
+    # A digit the model drew, uploaded as what it is: a search for any other digit would copy it far worse.
+    hand = sample_noise(model, 1, torch.Generator().manual_seed(digit))
+    with torch.inference_mode():
+        drawn = model(hand, torch.full((1,), digit))[0, 0].numpy()
+        strangers = model(sample_noise(model, 64, torch.Generator().manual_seed(99)), torch.full((64,), digit))
+    best_stranger = ((strangers[:, 0].numpy() - drawn) ** 2).mean((1, 2)).min()
+    error = hand_client.post(hand_body(drawn.round(4), digit))[1]["hand"]["error"]
+    assert error < 0.3 * best_stranger
 
 
 class ShowsFiveOfTheNoise(torch.nn.Module):
@@ -247,7 +279,30 @@ def test_what_the_digit_does_not_show_of_a_hand_stays_the_mean_hands():
     assert torch.allclose(found[:5], hand[0, :5], atol=0.05)  # what the digit shows is found
 
 
-def test_the_worker_keeps_scipys_blas_to_its_own_thread_count(handler_client):
+def test_the_worker_keeps_scipys_blas_to_its_own_thread_count(hand_client):
     # SciPy's OpenBLAS reads this when it loads, at a worker's first hand: unset, each worker's search would start
     # a thread per core, and two workers' threads spin against each other.
     assert os.environ["OPENBLAS_NUM_THREADS"] == str(torch.get_num_threads()) == "1"
+
+
+def test_each_route_serves_its_own_requests_and_names_the_other(handler_client, hand_client):
+    hand_route = read_model_config()["handler"]["hand_route"]
+    for body in (hand_body(STROKE), b'{"hand": 3}', b'{"hand": {"image": "x", "digits": "abc"}, "count": 9}'):
+        code, answer = handler_client.post(body)  # the digits route: however good or bad the hand, it is sent on
+        assert code == 400 and answer["error"].startswith(f"'hand' goes to /predictions/{hand_route}"), answer
+    code, answer = hand_client.post({"count": 2, "seed": 1})
+    assert code == 400 and answer["error"] == ("this route writes in an uploaded hand and needs 'hand'; ask for a seed's "
+                                               "hands at /predictions/mnist_gan")
+    assert hand_client.post(hand_body(STROKE))[0] == handler_client.post({"count": 2})[0] == 200
+
+
+def test_the_hand_routes_workers_run_at_the_lowest_priority_and_the_digit_routes_at_their_own(tiny_model_dir, tmp_path):
+    # A worker of each route in a process of its own, as TorchServe starts them: the nice value each ends with.
+    script = ("import os, sys; from experiments.local_handler import LocalHandler; "
+              "LocalHandler(sys.argv[1], model_name=sys.argv[2] or None); print(os.getpriority(os.PRIO_PROCESS, 0))")
+    niceness = {}
+    for route in ("", read_model_config()["handler"]["hand_route"]):
+        result = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir), route], capture_output=True,
+                                text=True, cwd=ROOT, check=True)
+        niceness[route] = int(result.stdout.split()[-1])
+    assert niceness == {"": os.getpriority(os.PRIO_PROCESS, 0), "mnist_gan_hand": 19}

@@ -1,0 +1,131 @@
+"""Hands beside plain requests: one client asks for a number in a seed's hand back to back, while H other clients
+upload never-seen hands back to back. A hand costs a worker tens of milliseconds of search and a plain request about
+one, so on shared workers and one queue the hands would slow everyone down; with the hand route's own queue and
+low-priority workers (handler/model-config.yaml), the plain client should hardly notice them.
+
+    python -m experiments.bench.isolation --url http://127.0.0.1:8080 --key-file artifacts/serve/key_file.json
+
+(`make bench` runs it against its own server; the command line points it at any running one, an older release's
+included, with --hand-path.)
+"""
+import argparse
+import http.client
+import json
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+from experiments.bench.measure import percentile
+from experiments.bench.servers import JSON, run_together
+
+PLAIN_NUMBER = "12345"
+HAND_CLIENTS = (0, 2, 8)
+P50_LINE, P95_LINE = 5, 10  # a plain request's p50 and p95 beside 8 hand clients, at most these times its own alone
+
+
+def _connection(port: int) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+
+def _plain_client(port: int, path: str, headers: dict, seconds: float, results) -> None:
+    """Back to back over one keep-alive connection, each request a new seed: (latencies, failures) into `results`."""
+    connection, latencies, failures, seed = _connection(port), [], [], 0
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        seed += 1
+        body = orjson.dumps({"digits": PLAIN_NUMBER, "seed": seed})
+        started = time.perf_counter()
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            reply = connection.getresponse()
+            answer = reply.read()
+            if reply.status == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                failures.append(f"{reply.status}: {answer[:200]!r}")
+        except (OSError, http.client.HTTPException) as error:
+            failures.append(repr(error))
+            connection = _connection(port)
+    results.put((latencies, failures))
+
+
+def contention(port: int, plain_path: str, hand_path: str, headers: dict, uploads: list[bytes], hand_clients: int,
+               seconds: float) -> dict:
+    """`seconds` of one plain client (in a process of its own, so the hand clients' threads never delay its clock)
+    beside `hand_clients` threads uploading hands, each upload sent once: the plain client's p50 and p95 (ms) and
+    requests/s, the hands answered per second, and every failure of either (a failure is not a slow answer)."""
+    headers = {**headers, "Content-Type": JSON}
+    results = multiprocessing.get_context("fork").SimpleQueue()
+    plain = multiprocessing.get_context("fork").Process(target=_plain_client,
+                                                        args=(port, plain_path, headers, seconds, results))
+    answered, failures, lock = [0], [], threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def hand_client(index: int) -> None:
+        connection, position = _connection(port), index
+        while time.perf_counter() < stop_at and position < len(uploads):
+            try:
+                connection.request("POST", hand_path, body=uploads[position], headers=headers)
+                reply = connection.getresponse()
+                answer = reply.read()
+                error = None if reply.status == 200 else f"{reply.status}: {answer[:200]!r}"
+            except (OSError, http.client.HTTPException) as exc:
+                error, connection = repr(exc), _connection(port)
+            with lock:
+                if error:
+                    failures.append(error)
+                else:
+                    answered[0] += 1
+            position += hand_clients
+
+    plain.start()
+    elapsed = run_together(hand_client, hand_clients) if hand_clients else 0.0
+    latencies, plain_failures = results.get()
+    plain.join()
+    if hand_clients and answered[0] + len(failures) >= len(uploads):
+        raise SystemExit(f"the hand clients sent every upload ({len(uploads)}) before {seconds:.0f} s: give them more")
+    return {"p50": 1000 * percentile(latencies, 50), "p95": 1000 * percentile(latencies, 95),
+            "plain_per_s": len(latencies) / seconds, "hands_per_s": answered[0] / elapsed if elapsed else 0.0,
+            "failures": plain_failures + failures}
+
+
+def measure(port: int, plain_path: str, hand_path: str, headers: dict, uploads: list[bytes],
+            seconds: float = 20.0, hand_clients: tuple[int, ...] = HAND_CLIENTS) -> dict[int, dict]:
+    """contention() for each number of hand clients, on fresh uploads each time (a worker keeps the hands it found)."""
+    results, used = {}, 0
+    for clients in hand_clients:
+        results[clients] = contention(port, plain_path, hand_path, headers, uploads[used:], clients, seconds)
+        used += int(results[clients]["hands_per_s"] * seconds) + 2 * clients + len(results[clients]["failures"])
+    return results
+
+
+def main() -> None:
+    from scripts import MODEL_NAME, read_model_config
+    from train.data import load_mnist
+
+    from experiments.bench.hand import upload_bodies
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the inference address")
+    parser.add_argument("--key-file", type=Path, help="TorchServe's key_file.json (none: token authorization is off)")
+    parser.add_argument("--hand-path", default=f"/predictions/{read_model_config()['handler']['hand_route']}")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    headers = {}
+    if args.key_file:
+        headers["Authorization"] = f"Bearer {json.loads(args.key_file.read_text())['inference']['key']}"
+    images, labels = load_mnist(args.data_dir, train=False)
+    results = measure(urlsplit(args.url).port, f"/predictions/{MODEL_NAME}", args.hand_path, headers,
+                      upload_bodies(images, labels), args.seconds)
+    for clients, result in results.items():
+        print(clients, {key: (round(value, 2) if isinstance(value, float) else value[:3]) for key, value in result.items()})
+
+
+if __name__ == "__main__":
+    main()
