@@ -18,6 +18,7 @@ digits that only the classifiers trained on generated digits get wrong).
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -486,6 +487,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="measure this section of the page alone and rewrite it, keeping the rest")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # The searches for hands are timed as a worker runs them: SciPy's OpenBLAS on one thread (read when SciPy loads,
+    # later), where a second would spin on the small vectors of L-BFGS-B.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     out: Path = args.out_dir
     if args.only:
         rewrite_section(out, args.data_dir, args.docs_dir / "quality.md", args.only)

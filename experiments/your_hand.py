@@ -1,7 +1,7 @@
 """`make evaluate`'s "Your hand" section: a person's digit in, any number out in that hand.
 
 The served `hand` field finds the noise vector whose drawing of the uploaded digit matches it (GAN inversion,
-`find_hand` in handler/generator.py), then writes with that vector. Here UPLOADS real MNIST test digits are the
+`find_hand` in handler/search.py), then writes with that vector. Here UPLOADS real MNIST test digits are the
 uploads, sent as the API's 28 x 28 arrays and as PNGs the way a photo of paper arrives (280 x 280, dark ink on a
 light gradient, prepared by the API's own `prepare_digit`). For each found hand:
 
@@ -19,9 +19,14 @@ light gradient, prepared by the API's own `prepare_digit`). For each found hand:
 
 The evaluation classifier only reads the results: nothing here, nor in the search, is guided by it.
 """
+import functools
+import tempfile
 import time
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import onnxruntime
 import torch
 
 from experiments.classifier import MnistClassifier, predict
@@ -29,7 +34,9 @@ from experiments.report import table
 from experiments.one_hand import STYLES, style_measures
 from experiments import cutting
 from experiments.photos import on_paper, saved, written_number
-from handler.generator import Generator, find_hand, sample_noise
+from handler.generator import Generator, sample_noise
+from handler.search import SEARCH_ONNX_FILE, find_hand
+from scripts.archive import export_search_onnx
 from handler.request_contract import DECIMALS
 from handler.upload import UnusableImage, prepare_digit, prepare_number
 
@@ -82,6 +89,18 @@ def within_digit_correlation(a: torch.Tensor, b: torch.Tensor, digits: torch.Ten
     return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
 
 
+def hand_correlation(found: torch.Tensor, true: torch.Tensor, digits: torch.Tensor) -> float:
+    """The correlation over hands of a style measure of the digits each hand writes (N x m values of the digits
+    N x m), as the found hands write them against as the true hands do: each hand's mean over its m digits, each
+    value less its digit's mean over hands first (which digits a hand's m are would otherwise set much of its mean)."""
+    found, true = found.double().view(digits.shape).clone(), true.double().view(digits.shape).clone()
+    for digit in digits.unique():
+        where = digits == digit
+        found[where] -= found[where].mean()
+        true[where] -= true[where].mean()
+    return pooled_correlation(found.mean(1), true.mean(1))
+
+
 def pooled_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1].item()
 
@@ -110,16 +129,30 @@ def best_random_errors(model: Generator, uploads: torch.Tensor, digits: torch.Te
     return best
 
 
+@functools.lru_cache(maxsize=2)
+def served_search(model: Generator) -> Optional[onnxruntime.InferenceSession]:
+    """The search's steps as a worker on a CPU runs them: the model's LossAndGradient exported as `make archive`
+    exports it, in ONNX Runtime on one thread; None for a generator the export does not cover."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / SEARCH_ONNX_FILE
+        if not export_search_onnx(model, path):
+            return None
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def found_hands(model: Generator, uploads: torch.Tensor, digits: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The hand found for each upload (N x k x 28 x 28, its k digits N x k; k may be 1: N x 1 x 28 x 28 and N), and
-    the median milliseconds a search took (on one thread, as in a worker: on small images a second thread only
-    spin-waits)."""
+    """The hand found for each upload (N x k x 28 x 28, its k digits N x k; k may be 1: N x 1 x 28 x 28 and N) as a
+    worker finds it, and the median milliseconds a search took (on one thread, as in a worker: on small images a
+    second thread only spin-waits)."""
     hands, seconds, threads = [], [], torch.get_num_threads()
+    session = served_search(model)
     torch.set_num_threads(1)
     try:
         for images, shown in zip(uploads, digits.view(len(digits), -1).tolist()):
             started = time.perf_counter()
-            hands.append(find_hand(model, images, shown))
+            hands.append(find_hand(model, images, shown, session=session))
             seconds.append(time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
@@ -153,10 +186,11 @@ def trip(model: Generator, found: torch.Tensor, drawn: torch.Tensor, digits: tor
     return ((others_of(write_all_digits(model, found), digits) - others_of(drawn, digits)) ** 2).mean().item() / unit
 
 
-def round_trip(model: Generator, count: int, shown: int = 1, seed: int = 2) -> tuple[float, float, float]:
+def round_trip(model: Generator, count: int, shown: int = 1, seed: int = 2) -> dict:
     """Digits the model drew, `shown` different ones of each hand, sent back as the API's arrays (rounded as it
-    answers): the round trip of the found hands; for scale, that of the mean hand (a search that learnt nothing);
-    and the median milliseconds of a search."""
+    answers): the round trip of the found hands; for scale, that of the mean hand (a search that learnt nothing); the
+    style the found hands carry to the other digits (as `number_photos` measures it); and the median milliseconds of
+    a search."""
     rng = torch.Generator().manual_seed(seed)
     hands = sample_noise(model, count, rng)
     digits = different_digits(count, shown, rng, model.num_classes)
@@ -165,7 +199,17 @@ def round_trip(model: Generator, count: int, shown: int = 1, seed: int = 2) -> t
     unit = strangers_error(model, drawn, rng)
     mean_hand = torch.zeros_like(hands) if model.noise == "normal" else torch.full_like(hands, 0.5)
     found, milliseconds = found_hands(model, sent, digits)
-    return trip(model, found, drawn, digits, unit), trip(model, mean_hand, drawn, digits, unit), milliseconds
+    return {"trip": trip(model, found, drawn, digits, unit), "mean hand": trip(model, mean_hand, drawn, digits, unit),
+            "style": carried(model, found, drawn, digits), "ms": milliseconds}
+
+
+def carried(model: Generator, found: torch.Tensor, drawn: torch.Tensor, digits: torch.Tensor) -> dict[str, float]:
+    """For each style measure, hand_correlation of the digits the uploads did not show: the found hands' against the
+    drawing hands' (`drawn`, N x 10 x 1 x 28 x 28)."""
+    labels = others_of(torch.arange(model.num_classes).repeat(len(digits), 1), digits)
+    mine = style_measures(others_of(write_all_digits(model, found), digits).flatten(0, 1))
+    theirs = style_measures(others_of(drawn, digits).flatten(0, 1))
+    return {name: hand_correlation(mine[name], theirs[name], labels) for name in STYLES}
 
 
 def number_photos(model: Generator, classifier: MnistClassifier, real_accuracy: float, count: int, shown: int,
@@ -192,11 +236,9 @@ def number_photos(model: Generator, classifier: MnistClassifier, real_accuracy: 
     digits, drawn = digits[cut], drawn[cut]
     found, milliseconds = found_hands(model, torch.from_numpy(np.stack(prepared)), digits)
     written = others_of(write_all_digits(model, found), digits)
-    truth = others_of(drawn, digits)
     labels = others_of(torch.arange(model.num_classes).repeat(len(cut), 1), digits).flatten()
-    mine, theirs = style_measures(written.flatten(0, 1)), style_measures(truth.flatten(0, 1))
     read = predict(classifier, written.flatten(0, 1)) == labels
-    return {"style": {name: within_digit_correlation(mine[name], theirs[name], labels) for name in STYLES},
+    return {"style": carried(model, found, drawn, digits),
             "trip": trip(model, found, drawn, digits, unit), "legible": read.float().mean().item() / real_accuracy,
             "refused": count - len(cut), "count": count, "ms": milliseconds}
 
@@ -239,7 +281,8 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
     arrays, pngs = routes.values()
     gaps = [abs(arrays["copy"] - pngs["copy"]), abs(arrays["legible"] - pngs["legible"])]
     gaps += [abs(arrays["style"][s][0] - pngs["style"][s][0]) for s in STYLES]
-    trip_rows = [(shown, f"{found:.3f}×", f"{mean:.3f}×", f"{ms:.0f}") for shown, (found, mean, ms) in trips.items()]
+    trip_rows = [(shown, f"{m['trip']:.3f}×", f"{m['mean hand']:.3f}×", *(f"{m['style'][s]:.2f}" for s in STYLES),
+                  f"{m['ms']:.0f}") for shown, m in trips.items()]
     photo_rows = [(shown, kind, f"{m['count'] - m['refused']} of {m['count']}",
                    *(f"{m['style'][s]:.2f}" for s in STYLES), f"{m['trip']:.3f}×", f"{m['legible']:.3f}×", f"{m['ms']:.0f}")
                   for (shown, kind), m in numbers.items()]
@@ -259,8 +302,8 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
                f"{TARGETS['legible']}×)", arrays["legible"] >= TARGETS["legible"]),
               (f"PNG photos against arrays: every figure within {max(gaps):.3f} (target ≤ {TARGETS['png']})",
                max(gaps) <= TARGETS["png"]),
-              *((f"round trip from {shown} digits {trips[shown][0]:.3f}× (target ≤ {line}×)", trips[shown][0] <= line)
-                for shown, line in TARGETS["round trip"].items()),
+              *((f"round trip from {shown} digits {trips[shown]['trip']:.3f}× (target ≤ {line}×)",
+                 trips[shown]["trip"] <= line) for shown, line in TARGETS["round trip"].items()),
               *((f"from a 3-digit {kind} photo, {s} carried {three[kind]['style'][s]:.2f} (target ≥ {line})",
                  three[kind]["style"][s] >= line) for kind in PHOTO_KINDS for s, line in TARGETS["photo"].items()),
               *((f"from a 3-digit {kind} photo, the other digits read right {three[kind]['legible']:.3f}× as often as "
@@ -273,7 +316,7 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
              f"{uploads:,} real test digits as uploads to the `hand` field, each as the API's 28 x 28 array and as a "
              f"{PHOTO_SIDE} x {PHOTO_SIDE} PNG of dark ink on light paper whose brightness runs across the page (the API "
              "prepares a PNG as MNIST's digits were: cropped to the ink, 20 px on its longest side, centered by its "
-             "center of mass). For each, the hand `find_hand` finds (handler/generator.py) writes every digit. Copy "
+             "center of mass). For each, the hand `find_hand` finds (handler/search.py) writes every digit. Copy "
              f"error: the mean squared error of the hand's drawing of the uploaded digit, as a ratio to the best of "
              f"{RANDOM_HANDS:,} random hands for the same upload (mean of the ratios). Style carried: the correlation "
              "over uploads of the upload's ink, slant or width with the mean of the nine other digits the hand writes, "
@@ -287,15 +330,18 @@ def section(model: Generator, classifier: MnistClassifier, test_images: torch.Te
              f"Round trip: {number_hands} hands of the model each write k different digits, sent back as the API's "
              "arrays (its JSON answer) in one upload; the found hand writes the digits the upload did not show, and "
              "differs from the drawing hand by this much of what two random hands writing the same digits differ by "
-             "(mean squared error). The mean hand (noise 0: nothing learnt from the digits) for scale.", "",
-             table(["digits shown", "round trip", "the mean hand", "ms per search"], trip_rows), "",
+             "(mean squared error). The mean hand (noise 0: nothing learnt from the digits) for scale. Style carried: "
+             "as for the photos below.", "",
+             table(["digits shown", "round trip", "the mean hand", "ink carried", "slant carried", "width carried",
+                    "ms per search"], trip_rows), "",
              f"The same, as one photo of the number: the k digits side by side, 0 to 6 px apart at MNIST's scale, dark "
              f"ink on light paper ({PHOTO_SCALE} times MNIST's size, its light running across the page, sensor noise), "
              "as a PNG and as a JPEG at quality 85, cut by the API (handler/upload.py). Cut: the photos the API cut "
-             "into k digits (the rest it refused). Style carried: for every digit the upload did not show, its ink, "
-             "slant and width as the found hand writes it against as the drawing hand does, correlated over hands "
-             "within digits. Preparing a piece fits it into MNIST's 20 px box, as real digits are; the model's own "
-             "digits are 17 to 24 px tall, so the round trip from a photo also measures that refit.", "",
+             "into k digits (the rest it refused). Style carried: the ink, slant and width of the digits the upload did "
+             "not show, as the found hand writes them against as the drawing hand does, correlated over hands (each "
+             "hand's mean over those digits, each digit's mean over hands taken out first). Preparing a piece fits it "
+             "into MNIST's 20 px box, as real digits are; the model's own digits are 18 to 22 px tall (5th to 95th "
+             "percentile), so a photo's figures also measure that refit (the arrays above are not refit).", "",
              table(["digits shown", "photo", "cut", "ink carried", "slant carried", "width carried", "round trip",
                     "legible", "ms per search"], photo_rows, 2), "",
              f"Cutting real handwriting: {cuts['numbers']:,} numbers of 3 to 8 real test digits, each digit cropped to "

@@ -41,8 +41,9 @@ NEW_SEEDS = 10**6  # "new hands" draws seeds below this: short enough to note do
 # The PNG has 28 pixels a digit: scaled up to fill the box, without blurring them.
 CSS = ("#digits img, #written img, #prepared img, #copy img { width: 100%; height: 100%; object-fit: contain; "
        "image-rendering: pixelated; } #hand-message { color: var(--error-text-color); }")
-PAD_SIZE = (280, 280)  # the drawing's canvas: ten times MNIST's side
-PHOTO_SIDE = 1024  # a photo is sent at most this long a side: the API boxes it to 512 before reading its ink
+PAD_SIZE = (840, 280)  # the drawing's canvas: room for a number, ten times MNIST's side tall
+PHOTO_SIDE = 2048  # a larger photo is sent at most this long a side, as a JPEG: the API reads its ink at 1024
+PHOTO_BYTES = 700_000  # a PNG or JPEG up to this size goes as it is (in base64 it stays under the API's 1 MiB body)
 EXAMPLES = [["02139", None, 4, "7"], ["2026", None, 6, "42"], ["", "7", 9, "3"], ["0123456789", None, 3, "1"]]
 
 # Gradio phones home unless told not to (analytics.py: a version check and telemetry threads at
@@ -82,43 +83,39 @@ def request_body(number: str, digit: Optional[str], count: Optional[float], seed
     return body
 
 
-def upload_png(pad: Optional[dict], photo: Optional[str]) -> bytes:
-    """The PNG the page sends as the hand: an uploaded photo (made a PNG, its longest side at most PHOTO_SIDE, as
-    the API needs no more and the body has a limit), else the pad's drawing (transparent, the ink in its alpha);
-    an empty pad is sent too, so the API says that nothing is drawn."""
-    from PIL import Image
+def upload_image(pad: Optional[dict], photo: Optional[str]) -> bytes:
+    """The picture the page sends as the hand: an uploaded photo as it is when it is a PNG or a JPEG of at most
+    PHOTO_BYTES (the API turns it upright by its EXIF tag), else turned upright and sent as a JPEG at most PHOTO_SIDE
+    long; or the pad's drawing as a PNG (transparent, the ink in its alpha). An empty pad is sent too, so the API says
+    that nothing is drawn."""
+    from PIL import Image, ImageOps
 
     if photo:
-        with Image.open(photo) as image:
-            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "L")
+        data = Path(photo).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format in ("PNG", "JPEG") and len(data) <= PHOTO_BYTES:
+                return data
+            image = ImageOps.exif_transpose(image).convert("L")
             image.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+        kind, options = "JPEG", {"quality": 90}
     else:
         composite = (pad or {}).get("composite")
         image = Image.fromarray(composite) if composite is not None else Image.new("RGBA", PAD_SIZE)
+        kind, options = "PNG", {}
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format=kind, **options)
     return buffer.getvalue()
 
 
-def hand_body(pad: Optional[dict], photo: Optional[str], shows: Optional[str], number: str) -> dict[str, Any]:
-    """The API request for the hand part: the drawing or photo, which digit it shows, and the number to write."""
-    body: dict[str, Any] = {"hand": {"image": base64.b64encode(upload_png(pad, photo)).decode(),
-                                     "digit": int(shows) if shows not in (None, "") else None}}
+def hand_body(pad: Optional[dict], photo: Optional[str], says: str, number: str) -> dict[str, Any]:
+    """The API request for the hand part: the drawing or photo, the number it says (left to right), and the number to
+    write. Values are passed on as typed, so the API judges them."""
+    body: dict[str, Any] = {"hand": {"image": base64.b64encode(upload_image(pad, photo)).decode(),
+                                     "digits": (says or "").strip()}}
     number = (number or "").strip()
     if number:
         body["digits"] = number
     return body
-
-
-def digit_png(values: list) -> bytes:
-    """A 28 x 28 image of the API's JSON (values in [0, 1]) as an 8-bit PNG, each pixel round(255 x value) as the
-    API's own PNGs."""
-    import numpy as np  # with Pillow, here: the page's module loads fast (Gradio brings both when the page starts)
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.rint(255 * np.asarray(values, dtype=np.float64)).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def error_message(reply: requests.Response) -> str:
@@ -136,8 +133,9 @@ class Backend:
 
     def __init__(self, server: TorchServe) -> None:
         self.server = server
-        # The key is read from the server's key_file.json for each request, and renewed when it expires.
-        self.client = server.client()
+        # The key is read from the server's key_file.json for each request, and renewed when it expires. Hands go to
+        # their own route.
+        self.client, self.hand_client = server.client(), server.client(server.hand_url)
         # The validator (check) draws the picture to learn whether the API refuses the request; the draw
         # that follows takes it from here instead of asking twice.
         self._drawn: dict[str, str] = {}
@@ -145,15 +143,16 @@ class Backend:
 
     def fetch(self, body: dict[str, Any], accept: str = PNG) -> bytes:
         """The API's answer to `body` (a PNG, or JSON with accept=JSON), or ApiError with the API's message."""
+        client = self.hand_client if "hand" in body else self.client
         try:
-            reply = self.client.post(body, accept)
+            reply = client.post(body, accept)
         except requests.ConnectionError:
             raise ApiError(f"TorchServe at {self.server.inference_url} does not answer: "
                            f"is it running (`make serve`)?") from None
         except requests.RequestException as error:
             raise ApiError(f"TorchServe at {self.server.inference_url}: {type(error).__name__}") from None
         except (OSError, KeyError, ValueError):  # no key file, or not TorchServe's
-            raise ApiError(f"no inference key in {self.client.key_file}: is TorchServe running (`make serve`)?") from None
+            raise ApiError(f"no inference key in {client.key_file}: is TorchServe running (`make serve`)?") from None
         if reply.status_code != 200:
             raise ApiError(error_message(reply))
         return reply.content
@@ -209,23 +208,26 @@ class Backend:
         return path
 
     def hand_pictures(self, body: dict[str, Any]) -> tuple[str, str, str]:
-        """For a request with a hand: the API's PNG of the number written in it, and the upload as the API prepared
-        it beside the model's copy (from the same request answered as JSON), each a file."""
-        from handler.request_contract import DEFAULT_NUMBER  # here: numpy and Pillow are loaded by now
+        """For a request with a hand, from one JSON answer (one search): the number written in the hand, the upload's
+        digits as the API cut and prepared them, and the model's copy of each, each a PNG file drawn as the API draws
+        its own PNG (the number's bytes are the API's PNG answer to the same request)."""
+        import numpy as np  # here: the page's module loads fast (Gradio brings both when the page starts)
 
-        number = body.get("digits", DEFAULT_NUMBER)
-        written = self.save(self.fetch(body), f"{number[:32]}-in-your-hand.png")
-        hand = orjson.loads(self.fetch(body, JSON))["hand"]
-        return (written, self.save(digit_png(hand["image"]), "your-digit-prepared.png"),
-                self.save(digit_png(hand["copy"]), "the-models-copy.png"))
+        from handler.request_contract import DEFAULT_NUMBER, png_grid
 
-    def write_hand(self, pad: Optional[dict], photo: Optional[str], shows: Optional[str], number: str) -> tuple:
-        """The hand part's pictures and message: the number in the hand, the upload as prepared and the model's copy,
-        or none of them and the API's message (shown under the drawing). Not a validator, as in the seeds part:
-        Gradio's sketchpad hands its drawing to the first function that reads it only, and a validator is one."""
+        answer = orjson.loads(self.fetch(body, JSON))
+        number, hand = body.get("digits", DEFAULT_NUMBER), answer["hand"]
+        rows = {name: png_grid(np.asarray(hand[name], dtype=np.float64).reshape(1, -1, 28, 28)) for name in ("image", "copy")}
+        return (self.save(png_grid(np.asarray(answer["images"], dtype=np.float64)), f"{number[:32]}-in-your-hand.png"),
+                self.save(rows["image"], "your-digits-as-cut.png"), self.save(rows["copy"], "the-models-copies.png"))
+
+    def write_hand(self, pad: Optional[dict], photo: Optional[str], says: str, number: str) -> tuple:
+        """The hand part's pictures and message: the number in the hand, the upload's digits as cut and the model's
+        copies, or none of them and the API's message (shown under the drawing). Not a validator, as in the seeds
+        part: Gradio's sketchpad hands its drawing to the first function that reads it only, and a validator is one."""
         gr = gradio()
         try:
-            return *self.hand_pictures(hand_body(pad, photo, shows, number)), gr.update(value="", visible=False)
+            return *self.hand_pictures(hand_body(pad, photo, says, number)), gr.update(value="", visible=False)
         except ApiError as error:
             return None, None, None, gr.update(value=f"**{error}**", visible=True)
 
@@ -264,31 +266,31 @@ def build_page(backend: Backend) -> "gr.Blocks":
               validator=backend.check, trigger_mode="always_last", show_progress="minimal")
 
         gr.Markdown("## Your hand\n"
-                    "Draw one digit, or upload a photo of one written on paper, and say which digit it is: the served "
-                    "model finds the hand that writes it so (the API's `hand`), then writes the number in it.")
-        with gr.Row(elem_id="your-hand"):
-            with gr.Column():
-                # Black ink on a transparent canvas: the API reads the alpha as the ink.
-                pad = gr.Sketchpad(label="Draw one digit", type="numpy", image_mode="RGBA", canvas_size=PAD_SIZE,
-                                   brush=gr.Brush(default_size=18, colors=["#000000"], color_mode="fixed"),
-                                   layers=False, transforms=(), format="png", elem_id="pad")
-                hand_message = gr.Markdown(visible=False, elem_id="hand-message")  # the API's refusal, if any
-                photo = gr.Image(label="or upload a photo of one digit", type="filepath", sources=["upload"],
-                                 height=160, elem_id="photo")
-            with gr.Column():
-                shows = gr.Radio([str(d) for d in range(10)], value=None, label="It is the digit",
-                                 info="which digit you drew (`hand.digit`)", elem_id="shows")
-                hand_number = gr.Textbox(value="2026", label="Write", max_lines=1, info="the number (`digits`)",
-                                         elem_id="hand-number")
-                written = gr.Image(label="in your hand (PNG from TorchServe)", type="filepath", format="png",
-                                   interactive=False, buttons=["download"], height=140, elem_id="written")
-                with gr.Row():
-                    prepared = gr.Image(label="your digit, prepared", type="filepath", format="png",
-                                        interactive=False, height=150, elem_id="prepared")
-                    copy = gr.Image(label="the model's copy", type="filepath", format="png", interactive=False,
-                                    height=150, elem_id="copy")
-        gr.on([pad.change, photo.change, shows.change, hand_number.change], backend.write_hand,
-              [pad, photo, shows, hand_number], [written, prepared, copy, hand_message], trigger_mode="always_last",
+                    "Write a number, or upload a photo of one written on paper, and say what it says: the served model "
+                    "cuts it into its digits, finds the one hand that writes them so (the API's `hand`), then writes "
+                    "any number in it. Several digits pin a hand down far better than one.")
+        with gr.Column(elem_id="your-hand"):
+            # Black ink on a transparent canvas: the API reads the alpha as the ink.
+            pad = gr.Sketchpad(label="Write a number", type="numpy", image_mode="RGBA", canvas_size=PAD_SIZE,
+                               brush=gr.Brush(default_size=16, colors=["#000000"], color_mode="fixed"),
+                               layers=False, transforms=(), format="png", elem_id="pad")
+            hand_message = gr.Markdown(visible=False, elem_id="hand-message")  # the API's refusal, if any
+            with gr.Row():
+                says = gr.Textbox(value="", label="It says", max_lines=1, placeholder="e.g. 42",
+                                  info="the digits you wrote, left to right (`hand.digits`)", elem_id="says")
+                hand_number = gr.Textbox(value="0123456789", label="Write", max_lines=1,
+                                         info="the number to write in your hand (`digits`)", elem_id="hand-number")
+                photo = gr.Image(label="or upload a photo of a number (PNG or JPEG)", type="filepath",
+                                 sources=["upload"], height=120, elem_id="photo")
+            written = gr.Image(label="in your hand (the API's PNG)", type="filepath", format="png", interactive=False,
+                               buttons=["download"], height=120, elem_id="written")
+            with gr.Row():
+                prepared = gr.Image(label="your digits, as cut and prepared", type="filepath", format="png",
+                                    interactive=False, height=110, elem_id="prepared")
+                copy = gr.Image(label="the model's copies", type="filepath", format="png", interactive=False,
+                                height=110, elem_id="copy")
+        gr.on([pad.change, photo.change, says.change, hand_number.change], backend.write_hand,
+              [pad, photo, says, hand_number], [written, prepared, copy, hand_message], trigger_mode="always_last",
               show_progress="minimal")
     return page
 

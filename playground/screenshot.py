@@ -1,12 +1,13 @@
 """The browser that tests the page (tests/test_playground.py), and the README's picture of it.
 
-    python -m playground.screenshot --out docs/playground.png    # of a running `make playground`: a 7 drawn on the
-                                                                 # pad, and 2026 written in its hand
+    python -m playground.screenshot --out docs/playground.png    # of a running `make playground`: 2026 written on
+                                                                 # the pad with the mouse, and 0-9 in its hand
 
 Debian's Chromium (`apt-get install chromium`), driven by Playwright: never `playwright install`,
 which downloads a browser build of its own.
 """
 import argparse
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -29,8 +30,27 @@ def launch_chromium(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
 
 
-# Strokes as a person draws a 7 on the pad: (x, y) points, from 0 to 1 across the canvas.
-SEVEN = [[(0.32, 0.22), (0.5, 0.2), (0.7, 0.22)], [(0.7, 0.22), (0.58, 0.5), (0.45, 0.82)]]
+# Strokes as a person writes each digit, in a box of its own: (x, y) points from 0 to 1 across it, y downwards.
+_OVAL = [(0.5 + 0.32 * math.sin(t * math.pi / 6), 0.5 - 0.42 * math.cos(t * math.pi / 6)) for t in range(13)]
+DIGIT_STROKES = {
+    "0": [_OVAL],
+    "1": [[(0.55, 0.08), (0.45, 0.92)]],
+    "2": [[(0.15, 0.3), (0.35, 0.1), (0.65, 0.1), (0.8, 0.3), (0.7, 0.5), (0.2, 0.9), (0.85, 0.9)]],
+    "4": [[(0.55, 0.08), (0.15, 0.65), (0.85, 0.65)], [(0.62, 0.35), (0.62, 0.95)]],  # two strokes
+    "6": [[(0.7, 0.08), (0.4, 0.3), (0.22, 0.6), (0.3, 0.88), (0.6, 0.9), (0.75, 0.7), (0.6, 0.52), (0.3, 0.6)]],
+    "7": [[(0.15, 0.12), (0.85, 0.12), (0.45, 0.92)]],
+}
+
+
+def number_strokes(number: str, left: float = 0.1, right: float = 0.9) -> list[list[tuple[float, float]]]:
+    """The strokes of `number` written across the pad from `left` to `right` (shares of its width), each digit in a
+    box of its own, a little apart, as a person writes a number."""
+    width = (right - left) / len(number)
+    strokes = []
+    for index, digit in enumerate(number):
+        x0 = left + index * width + 0.15 * width
+        strokes += [[(x0 + 0.7 * width * x, 0.18 + 0.64 * y) for x, y in stroke] for stroke in DIGIT_STROKES[digit]]
+    return strokes
 
 
 def draw(page: Any, strokes: list[list[tuple[float, float]]], steps: int = 12) -> None:
@@ -63,8 +83,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         page = browser.new_page(viewport={"width": 1100, "height": 1400})
         page.goto(args.url)
         page.wait_for_selector("#digits img", timeout=60_000)
-        draw(page, SEVEN)
-        page.locator("#shows label", has_text="7").click()
+        draw(page, number_strokes("2026"))
+        says = page.locator("#says input")
+        says.click()
+        says.press_sequentially("2026")
         page.wait_for_selector("#copy img", timeout=60_000)
         page.wait_for_timeout(1000)  # the images' fade-in
         page.locator("#your-hand").screenshot(path=args.out)

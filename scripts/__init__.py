@@ -16,6 +16,12 @@ def read_model_config() -> dict:
     return yaml.safe_load(MODEL_CONFIG.read_text())
 
 
+def hand_route() -> str:
+    """The name the archive is registered under a second time, to find hands (POST /predictions/<it>): model-config.yaml
+    names it, and config.properties registers it."""
+    return read_model_config()["handler"]["hand_route"]
+
+
 def read_properties(path: Path = CONFIG) -> dict[str, str]:
     """A config.properties file as TorchServe (java.util.Properties) and KServe's wrapper read it."""
     return parse_properties(path.read_text(), str(path))

@@ -7,12 +7,14 @@ not expire; TorchServe writes the new key into key_file.json), then asks again. 
 without it.
 """
 import argparse
+import fcntl
 import json
 import re
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import requests
 
@@ -28,7 +30,7 @@ class Client:
 
     def __init__(self, url: str, key_file: Path, management_url: str) -> None:
         self.url, self.key_file, self.management_url = url, Path(key_file), management_url
-        self._renewing = threading.Lock()  # one renewal at a time: each new key ends the one before
+        self._renewing = threading.Lock()  # one renewal at a time: in this process ...
 
     def keys(self) -> dict:
         """key_file.json: {"inference": {"key", "expiration time"}, "management": {...}, "API": {"key"}}."""
@@ -49,7 +51,7 @@ class Client:
     def renew(self, refused: str) -> bool:
         """True when there is another key to try than `refused`: the file already holds a new one (another client
         renewed it, or the server restarted), or `refused` had expired and the management API made a new one."""
-        with self._renewing:
+        with self._renewing, self._renewal_lock():
             keys = self.keys()
             if keys["inference"]["key"] != refused:
                 return True
@@ -58,6 +60,18 @@ class Client:
             reply = requests.post(f"{self.management_url}/token", params={"type": "inference"},
                                   headers={"Authorization": f"Bearer {keys['API']['key']}"}, timeout=30)
             return reply.status_code == 200 and self.keys()["inference"]["key"] != refused
+
+    @contextmanager
+    def _renewal_lock(self) -> Iterator[None]:
+        """... and in every process that renews this server's key (make dataset beside the page): each new key ends
+        the one before, so a second client renewing at once would end the first's. A lock file beside key_file.json,
+        held while the key is checked and renewed; the next client then finds the new key there."""
+        with open(self.key_file.with_name(self.key_file.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def png(self, body: dict, timeout: float = 30) -> bytes:
         """The PNG for one request body, or RuntimeError with the server's message."""

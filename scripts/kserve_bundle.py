@@ -14,18 +14,20 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from scripts import CONFIG, MODEL_NAME, ROOT, read_model_config, read_properties
+from scripts import CONFIG, MODEL_NAME, ROOT, hand_route, read_model_config, read_properties
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts storageUri's contents
 
 
 def model_snapshot() -> dict:
-    """Registers the model the way KServe's TorchServe reads it, with handler/model-config.yaml's workers."""
+    """Registers the archive the way KServe's TorchServe reads it, as config.properties does: under its own name
+    (digits) and the hand route's (hands), with handler/model-config.yaml's workers."""
     model_config = read_model_config()
     version = {key: model_config[key] for key in ("minWorkers", "maxWorkers", "maxBatchDelay", "responseTimeout")}
     # batchSize 1 whatever the plain route uses: the kservev2 envelope only reads a batch's first request.
     version.update(defaultVersion=True, marName=f"{MODEL_NAME}.mar", batchSize=1)
-    return {"name": "startup.cfg", "modelCount": 1, "models": {MODEL_NAME: {"1.0": version}}}
+    routes = (MODEL_NAME, hand_route())
+    return {"name": "startup.cfg", "modelCount": len(routes), "models": {route: {"1.0": version} for route in routes}}
 
 
 # The bundle's config is the repository's config.properties with these changes, for KServe's documented

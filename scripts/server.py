@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from scripts import CONFIG, MODEL_NAME, ROOT, read_properties
+from scripts import CONFIG, MODEL_NAME, ROOT, hand_route, read_properties
 from scripts.client import Client
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
@@ -105,6 +105,11 @@ class TorchServe:
     def predict_url(self) -> str:
         return f"{self.inference_url}/predictions/{MODEL_NAME}"
 
+    @property
+    def hand_url(self) -> str:
+        """The hand route: uploads of what a person wrote (its own queue and workers)."""
+        return f"{self.inference_url}/predictions/{hand_route()}"
+
     def _env(self) -> dict[str, str]:
         tmp = self.workdir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -131,8 +136,13 @@ class TorchServe:
             return None
         return pid if FRONTEND_CLASS in command.split(b"\0") and _alive(pid) else None
 
-    def worker_pids(self) -> list[int]:
-        """The PIDs of this server's Python workers: the frontend's child processes."""
+    def worker_pids(self, model: Optional[str] = None) -> list[int]:
+        """The PIDs of this server's Python workers: the frontend's child processes; or of one model's (registered
+        name) only, as the management API describes it."""
+        if model is not None:
+            reply = requests.get(f"{self.management_url}/models/{model}", headers=self.headers("management"), timeout=10)
+            reply.raise_for_status()
+            return [int(worker["pid"]) for version in reply.json() for worker in version["workers"] if worker.get("pid")]
         frontend = self.pid()
         if frontend is None:
             return []
@@ -171,9 +181,10 @@ class TorchServe:
             raise RuntimeError(f"torchserve --start failed; see {self.workdir / 'torchserve.out'}")
         self.wait_ready(timeout)
 
-    def client(self) -> Client:
-        """A Client of this server: its key from key_file.json, renewed when it expires."""
-        return Client(self.predict_url, self.workdir / "key_file.json", self.management_url)
+    def client(self, url: Optional[str] = None) -> Client:
+        """A Client of this server's digits route (or of `url`: its hand route, say): its key from key_file.json,
+        renewed when it expires."""
+        return Client(url or self.predict_url, self.workdir / "key_file.json", self.management_url)
 
     def probe(self) -> requests.Response:
         """The real request that says the model answers (a subclass may send another kind). Through a Client: with

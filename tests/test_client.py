@@ -97,3 +97,59 @@ def test_a_wrong_key_is_reported_not_renewed(short_keys, tmp_path):
     with pytest.raises(RuntimeError, match=f"(?s)400 from .*{REFUSED_KEY}"):
         client.png({"count": 1})
     assert short_keys.keys()["inference"] == keys["inference"]  # no new key was made for it
+
+
+def _renewing_process(server: TorchServe, old: str, first: bool, results) -> None:
+    """A client in a process of its own renewing the expired key `old`, slowed so that without a lock across
+    processes the two renewals interleave: the first reads the file, then waits while the second reads it too; the
+    second waits before asking for its new key, so that it ends the first's new key; the first sends its request
+    after that. Puts (its answer's status, whether it asked for a new key) into `results`."""
+    import scripts.client as client_module
+
+    client, asked, real_keys, real_post = server.client(), [], Client.keys, requests.post
+
+    def keys(self):
+        found = real_keys(self)
+        if first and not asked:
+            time.sleep(0.5)  # the second client reads the same expired key meanwhile, unless a lock keeps it out
+        return found
+
+    def post(url, *args, **kwargs):
+        if url.endswith("/token"):
+            asked.append(url)
+            if not first:
+                time.sleep(1.0)  # asks only after the first client has its new key
+        return real_post(url, *args, **kwargs)
+
+    Client.keys, client_module.requests.post = keys, post
+    client.renew(old)
+    if first:
+        time.sleep(2.0)  # sends its request after the second client's renewal, were there one
+    key = real_keys(client)["inference"]["key"]
+    reply = real_post(server.predict_url, json={"count": 1}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    results.put((reply.status_code, bool(asked)))
+
+
+@pytest.fixture(scope="module")
+def three_second_keys(tiny_store, tmp_path_factory):
+    """Keys that outlive the renewals below (1 s would not), and expire soon enough to wait for."""
+    with TorchServe(tmp_path_factory.mktemp("torchserve_3s_keys"), tiny_store, ports=tuple(free_ports(4)),
+                    overrides={"token_expiration_min": "0.05"}) as server:
+        yield server
+
+
+def test_two_processes_renewing_at_once_ask_for_one_new_key_and_both_keep_working(three_second_keys):
+    import multiprocessing
+
+    server = three_second_keys
+    context = multiprocessing.get_context("fork")
+    results, old = context.SimpleQueue(), wait_until_expired(server)
+    processes = [context.Process(target=_renewing_process, args=(server, old, first, results)) for first in (True, False)]
+    processes[0].start()
+    time.sleep(0.1)
+    processes[1].start()
+    for process in processes:
+        process.join(30)
+    answers = sorted(results.get() for _ in processes)
+    assert [status for status, _ in answers] == [200, 200], answers  # without the lock the first's key is ended
+    assert sum(renewed for _, renewed in answers) == 1  # one new key: the second client found it in the file

@@ -5,6 +5,7 @@ layout and config, and the Open Inference Protocol (KServe v2) path against a re
 What this cannot check (no cluster, no container engine here): that the image builds, that the
 pods schedule and the probes pass in a cluster, and KServe's own controller and wrapper.
 """
+import http.client
 import json
 import os
 import secrets
@@ -15,15 +16,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pytest
 import requests
 import yaml
 
-from cases import STROKE, hand_body, noisy_photo
-from scripts import CONFIG, MODEL_NAME, ROOT, parse_properties, read_model_config, read_properties
+from cases import STROKE, THREE, hand_body, noisy_photo
+from scripts import CONFIG, MODEL_NAME, ROOT, hand_route, parse_properties, read_model_config, read_properties
 from scripts.kserve_bundle import REQUIRED_KEYS, build_bundle
 from scripts.server import TorchServe, free_ports
 
@@ -90,7 +91,8 @@ def test_pod_config_is_the_repositorys_with_only_the_listed_changes():
     pod, repository = parse_properties(configmap_data()["config.properties"]), read_properties(CONFIG)
     changed = {key for key in pod.keys() | repository.keys() if pod.get(key) != repository.get(key)}
     assert changed == POD_CONFIG_CHANGES
-    assert repository["load_models"] == f"{MODEL_NAME}={MODEL_NAME}.mar"  # the name the tools post to
+    # the name the tools post to, and the hand route's: two registrations of one archive
+    assert repository["load_models"] == f"{MODEL_NAME}={MODEL_NAME}.mar,{hand_route()}={MODEL_NAME}.mar"
     header = (DEPLOY / "configmap.yaml").read_text().split("apiVersion:")[0]
     assert all(f"#   {key}" in header for key in POD_CONFIG_CHANGES)  # each change is explained
     assert all(pod[key].startswith("http://127.0.0.1:") for key in ("inference_address", "management_address",
@@ -113,7 +115,12 @@ def test_only_the_proxy_leaves_the_pod_and_the_token_comes_from_the_secret():
     assert docs["Service"]["spec"]["type"] == "ClusterIP"
     assert [p["targetPort"] for p in docs["Service"]["spec"]["ports"]] == ["http"]
     limits, requests_ = torchserve["resources"]["limits"], torchserve["resources"]["requests"]
-    assert requests_["cpu"] == limits["cpu"] == str(read_model_config()["minWorkers"])  # one worker per core
+    assert requests_["cpu"] == limits["cpu"] == str(read_model_config()["minWorkers"])  # each route's workers, a core each
+    # The hand uploads a client may send a minute: the Deployment says it, the proxy falls back to the same number,
+    # and the API's document gives it as the default.
+    limit = env["HAND_UPLOADS_PER_MINUTE"]["value"]
+    assert f'"${{HAND_UPLOADS_PER_MINUTE-{limit}}}"' in configmap_data()["haproxy.cfg"]
+    assert f"({limit} by default)" in " ".join((ROOT / "docs" / "openapi.yaml").read_text().split())
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"] and hpa["minReplicas"] >= 2
 
@@ -128,11 +135,13 @@ class PodTorchServe(TorchServe):
         return {}
 
 
-def start_proxy(config: Path, address: str, upstream: str, token: str, log: Path) -> subprocess.Popen:
+def start_proxy(config: Path, address: str, upstream: str, token: str, log: Path, **env: str) -> subprocess.Popen:
+    """The pod's proxy with its Deployment's environment (and `env`: HAND_UPLOADS_PER_MINUTE, say)."""
     haproxy = shutil.which("haproxy")
     if haproxy is None:
-        pytest.fail("haproxy is not installed: apt-get install haproxy (.ci/run does)")
-    env = {"PATH": os.environ["PATH"], "PROXY_ADDRESS": address, "TORCHSERVE_ADDRESS": upstream, "CLIENT_TOKEN": token}
+        pytest.fail("haproxy is not installed: apt-get install haproxy (make install does)")
+    env = {"PATH": os.environ["PATH"], "PROXY_ADDRESS": address, "TORCHSERVE_ADDRESS": upstream, "CLIENT_TOKEN": token,
+           **env}
     process = subprocess.Popen([haproxy, "-f", str(config), "-db"], env=env, stdout=log.open("w"),
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     host, port = address.rsplit(":", 1)
@@ -172,9 +181,12 @@ def pods(mar_store, pod_token, tmp_path_factory):
         for server in servers:
             stack.callback(server.stop)
         result = []
+        deployment = next(doc for _, doc in KUBERNETES if doc["kind"] == "Deployment")
+        limit = {e["name"]: e["value"] for e in _container(deployment, "proxy")["env"] if "value" in e}
         for i, server in enumerate(servers):
             address, log = f"127.0.0.1:{free_ports(1)[0]}", workdir / f"haproxy-{i}.log"
-            proxy = start_proxy(workdir / "haproxy.cfg", address, f"127.0.0.1:{server.ports[0]}", pod_token, log)
+            proxy = start_proxy(workdir / "haproxy.cfg", address, f"127.0.0.1:{server.ports[0]}", pod_token, log,
+                                HAND_UPLOADS_PER_MINUTE=limit["HAND_UPLOADS_PER_MINUTE"])
             stack.callback(proxy.wait, 10)
             stack.callback(proxy.terminate)
             result.append(Pod(f"http://{address}", server, log))
@@ -220,17 +232,21 @@ def test_the_proxy_passes_only_the_prediction_route_and_the_health_probe(pods, p
         reply = requests.get(f"{pod.url}{path}", headers=bearer(pod_token), timeout=30)
         assert reply.status_code == 404 and reply.json()["code"] == 404, (path, reply.text)
     for method, path, allowed in (("GET", f"/predictions/{MODEL_NAME}", "POST"), ("PUT", f"/predictions/{MODEL_NAME}", "POST"),
-                                  ("DELETE", f"/predictions/{MODEL_NAME}", "POST"), ("POST", "/ping", "GET")):
+                                  ("DELETE", f"/predictions/{MODEL_NAME}", "POST"), ("POST", "/ping", "GET"),
+                                  ("GET", f"/predictions/{hand_route()}", "POST")):
         reply = requests.request(method, f"{pod.url}{path}", headers=bearer(pod_token), timeout=30)
         assert reply.status_code == 405 and reply.json()["code"] == 405, (method, path, reply.text)
         assert reply.headers["Allow"] == allowed
     bad = requests.post(f"{pod.url}/predictions/{MODEL_NAME}", json={"count": 0}, headers=bearer(pod_token), timeout=30)
     assert bad.status_code == 400 and "'count'" in bad.json()["error"]  # the handler's own errors pass through
+    hand = requests.post(f"{pod.url}/predictions/{hand_route()}", data=hand_body(STROKE, digits="1"),
+                         headers={**bearer(pod_token), "Content-Type": "application/json"}, timeout=30)
+    assert hand.status_code == 200 and np.asarray(hand.json()["images"]).shape == (1, 1, 28, 28)  # the hand route passes
 
 
 @pytest.mark.integration
 def test_a_hands_photo_up_to_the_limit_passes_the_proxy_and_a_larger_body_gets_its_413_message(pods, pod_token):
-    url, headers = f"{pods[0].url}/predictions/{MODEL_NAME}", {**bearer(pod_token), "Content-Type": "application/json"}
+    url, headers = f"{pods[1].url}/predictions/{hand_route()}", {**bearer(pod_token), "Content-Type": "application/json"}
     limit = int(parse_properties(configmap_data()["config.properties"])["max_request_size"])
     photo = hand_body(noisy_photo(1000))
     assert 900_000 < len(photo) <= limit
@@ -239,6 +255,49 @@ def test_a_hands_photo_up_to_the_limit_passes_the_proxy_and_a_larger_body_gets_i
     reply = requests.post(url, data=b" " * (limit + 1), headers=headers, timeout=60)
     assert reply.status_code == 413 and reply.json() == {"code": 413, "error": reply.json()["error"]}
     assert f"over 1 MiB ({limit} bytes)" in reply.json()["error"]
+
+
+def send_from(address: str, source: str, path: str, body: bytes, token: str) -> tuple[int, Optional[str], dict]:
+    """POSTs `body` to the proxy at `address` from the client address `source` (on loopback, any of 127.0.0.0/8):
+    (status, Retry-After, the JSON answer)."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), source_address=(source, 0), timeout=60)
+    try:
+        connection.request("POST", path, body=body, headers={**bearer(token), "Content-Type": "application/json"})
+        reply = connection.getresponse()
+        return reply.status, reply.getheader("Retry-After"), json.loads(reply.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.integration
+def test_the_proxy_limits_hand_uploads_per_client_address_and_says_when_to_retry(pods, pod_token, tmp_path):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(configmap_data()["haproxy.cfg"])
+    upstream, hand, plain = f"127.0.0.1:{pods[0].server.ports[0]}", f"/predictions/{hand_route()}", f"/predictions/{MODEL_NAME}"
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    proxy = start_proxy(config, address, upstream, pod_token, tmp_path / "limited.log", HAND_UPLOADS_PER_MINUTE="3")
+    try:
+        upload = hand_body(STROKE, digits="1")
+        assert [send_from(address, "127.0.0.1", hand, upload, pod_token)[0] for _ in range(3)] == [200] * 3
+        status, retry_after, body = send_from(address, "127.0.0.1", hand, upload, pod_token)
+        assert (status, retry_after) == (429, "20") and body["code"] == 429  # 60 s / 3 uploads
+        assert "too many hand uploads from your address: at most 3 a minute" in body["error"]
+        assert [send_from(address, "127.0.0.1", plain, b'{"count": 1}', pod_token)[0] for _ in range(5)] == [200] * 5
+        assert send_from(address, "127.0.0.2", hand, upload, pod_token)[0] == 200  # another client's own count
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    # Without the setting the proxy allows 30 a minute (cheap refusals count as uploads too).
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    proxy = start_proxy(config, address, upstream, pod_token, tmp_path / "default.log")
+    try:
+        statuses = [send_from(address, "127.0.0.3", hand, b'{"hand": 3}', pod_token)[0] for _ in range(31)]
+        assert statuses == [400] * 30 + [429]
+        assert send_from(address, "127.0.0.3", hand, upload, pod_token)[1] == "2"
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
 
 
 @pytest.mark.integration
@@ -355,10 +414,11 @@ def test_kserve_bundle_layout(mar_store, tmp_path):
     assert props["model_store"] == "/mnt/models/model-store"
     assert props["enable_model_api"] == "false"
     snapshot = json.loads(props["model_snapshot"])
-    assert snapshot["modelCount"] == 1
-    version = snapshot["models"][MODEL_NAME]["1.0"]
-    assert version["marName"] == f"{MODEL_NAME}.mar" and version["defaultVersion"] is True
-    assert version["batchSize"] == 1  # the kservev2 envelope only reads a batch's first request
+    assert snapshot["modelCount"] == 2 and list(snapshot["models"]) == [MODEL_NAME, hand_route()]  # the two routes
+    for route in snapshot["models"].values():
+        version = route["1.0"]
+        assert version["marName"] == f"{MODEL_NAME}.mar" and version["defaultVersion"] is True
+        assert version["batchSize"] == 1  # the kservev2 envelope only reads a batch's first request
 
 
 def test_kserve_bundle_refuses_a_missing_archive(tmp_path):
@@ -381,6 +441,10 @@ class V2TorchServe(TorchServe):
     @property
     def v2_url(self) -> str:
         return f"{self.inference_url}/v2/models/{MODEL_NAME}/infer"
+
+    @property
+    def v2_hand_url(self) -> str:
+        return f"{self.inference_url}/v2/models/{hand_route()}/infer"
 
     def probe(self) -> requests.Response:
         return requests.post(self.v2_url, json=v2_body(count=1, seed=0), headers=self.headers(), timeout=10)
@@ -460,32 +524,57 @@ def v2_hand(image, digit: int, **fields) -> dict:
 
 
 @pytest.mark.integration
-def test_v2_hand_input_writes_the_number_as_the_plain_contract_does(v2_server, handler_client):
-    reply = requests.post(v2_server.v2_url, json=v2_hand(STROKE, 1, digits="42"), headers=v2_server.headers(), timeout=30)
+def test_v2_hand_input_writes_the_number_as_the_plain_contract_does(v2_server, hand_client):
+    reply = requests.post(v2_server.v2_hand_url, json=v2_hand(STROKE, 1, digits="42"), headers=v2_server.headers(),
+                          timeout=30)
     assert reply.status_code == 200, reply.text
     outputs = {output["name"]: output for output in reply.json()["outputs"]}
     assert [(name, o["datatype"], o["shape"]) for name, o in outputs.items()] == [
         ("images", "FP64", [1, 2, 28, 28]), ("hand_copy", "FP64", [28, 28]), ("hand_error", "FP64", [1])]
-    plain = handler_client.post(hand_body(STROKE, digits="42"))[1]
+    plain = hand_client.post(hand_body(STROKE, digits="42"))[1]
     np.testing.assert_array_equal(np.asarray(outputs["images"]["data"]).reshape(1, 2, 28, 28), np.asarray(plain["images"]))
     np.testing.assert_array_equal(np.asarray(outputs["hand_copy"]["data"]).reshape(28, 28), np.asarray(plain["hand"]["copy"]))
     assert outputs["hand_error"]["data"] == [plain["hand"]["error"]]
 
 
+@pytest.mark.integration
+def test_v2_hand_of_several_digits_writes_the_number_as_the_plain_contract_does(v2_server, hand_client):
+    body = v2_body(hand_digits="111", digits="2026")
+    body["inputs"].append({"name": "hand", "datatype": "FP32", "shape": [3, 28, 28],
+                           "data": np.stack(THREE).astype(np.float64).ravel().tolist()})
+    reply = requests.post(v2_server.v2_hand_url, json=body, headers=v2_server.headers(), timeout=30)
+    assert reply.status_code == 200, reply.text
+    outputs = {output["name"]: output for output in reply.json()["outputs"]}
+    assert [(name, o["shape"]) for name, o in outputs.items()] == [
+        ("images", [1, 4, 28, 28]), ("hand_copy", [3, 28, 28]), ("hand_error", [3])]
+    plain = hand_client.post(hand_body(np.stack(THREE), "111", digits="2026"))[1]
+    np.testing.assert_array_equal(np.asarray(outputs["images"]["data"]).reshape(1, 4, 28, 28), np.asarray(plain["images"]))
+    assert outputs["hand_error"]["data"] == plain["hand"]["error"]
+    wrong = requests.post(v2_server.v2_url, json=body, headers=v2_server.headers(), timeout=30)
+    assert wrong.status_code == 400 and f"/predictions/{hand_route()}" in wrong.json()["error"]
+
+
 _NAN_IMAGE = np.zeros((28, 28))
 _NAN_IMAGE[3, 4] = float("nan")  # requests writes it as NaN, which TorchServe's envelope (Python's json) reads
 
-BAD_V2 = [
-    ("hand-without-its-digit", {"inputs": v2_hand(STROKE, 1)["inputs"][1:]}, "inputs 'hand' and 'hand_digit' go together"),
-    ("hand-digit-alone", v2_body(hand_digit=3), "inputs 'hand' and 'hand_digit' go together"),
+BAD_V2_HANDS = [
+    ("hand-without-its-digit", {"inputs": v2_hand(STROKE, 1)["inputs"][1:]}, "input 'hand' goes with 'hand_digit'"),
+    ("hand-digit-alone", v2_body(hand_digit=3), "input 'hand' goes with 'hand_digit'"),
     ("hand-as-integers", {"inputs": [{**v2_hand(STROKE, 1)["inputs"][1], "datatype": "INT64"}, v2_body(hand_digit=1)["inputs"][0]]},
      "input 'hand' must have datatype FP32"),
     ("hand-flat", {"inputs": [{**v2_hand(STROKE, 1)["inputs"][1], "shape": [784]}, v2_body(hand_digit=1)["inputs"][0]]},
-     "input 'hand' must have shape [28, 28], got [784]"),
+     "input 'hand' must have shape [28, 28] (one digit, with 'hand_digit') or [k, 28, 28]"),
     ("hand-nan", v2_hand(_NAN_IMAGE, 1), "row 3, column 4 is nan"),
     ("hand-blank", v2_hand(np.zeros((28, 28)), 1), "nothing is drawn"),
     ("hand-digit-eleven", v2_hand(STROKE, 11), "'hand'.'digit' must be an integer from 0 to 9, got 11"),
     ("hand-count-2", v2_hand(STROKE, 1, count=2), "'count' must be 1 with 'hand'"),
+    ("hand-given-twice", {"inputs": v2_hand(STROKE, 1)["inputs"] + v2_hand(STROKE, 1)["inputs"][1:]},
+     "input 'hand' is given twice"),
+    ("hand-digits-with-one-image", {"inputs": [v2_hand(STROKE, 1)["inputs"][1], *v2_body(hand_digits="11")["inputs"]]},
+     "must be a list of 2 28x28 arrays"),
+    ("plain-at-the-hand-route", v2_body(count=2), "needs 'hand'"),
+]
+BAD_V2 = [
     ("count-too-big", v2_body(count=1000), "'count' must be an integer from 1 to 256, got 1000"),
     ("float-count", {"inputs": [{"name": "count", "datatype": "FP32", "shape": [1], "data": [2.5]}]},
      "must have datatype INT64"),
@@ -506,9 +595,11 @@ BAD_V2 = [
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("case_id,body,message", BAD_V2, ids=[c[0] for c in BAD_V2])
-def test_bad_v2_request_gets_400_with_message(v2_server, case_id, body, message):
-    reply = requests.post(v2_server.v2_url, data=json.dumps(body), timeout=30,  # json.dumps writes NaN; requests' json= won't
+@pytest.mark.parametrize("case_id,body,message,hands", [(*case, False) for case in BAD_V2] +
+                         [(*case, True) for case in BAD_V2_HANDS], ids=[c[0] for c in BAD_V2 + BAD_V2_HANDS])
+def test_bad_v2_request_gets_400_with_message(v2_server, case_id, body, message, hands):
+    url = v2_server.v2_hand_url if hands else v2_server.v2_url
+    reply = requests.post(url, data=json.dumps(body), timeout=30,  # json.dumps writes NaN; requests' json= won't
                           headers={**v2_server.headers(), "Content-Type": "application/json"})
     assert reply.status_code == 400, reply.text
     assert reply.json() == {"error": reply.json()["error"]} and message in reply.json()["error"]  # the protocol's body
@@ -580,15 +671,15 @@ def test_tritonclient_json_tensors_give_the_plain_contracts_images(v2_server, ha
 
 
 @pytest.mark.integration
-def test_tritonclient_sends_a_hand_and_reads_the_number_and_the_copy(v2_server, handler_client):
+def test_tritonclient_sends_a_hand_and_reads_the_number_and_the_copy(v2_server, hand_client):
     import tritonclient.http as httpclient
 
     hand = httpclient.InferInput("hand", [28, 28], "FP32")
     hand.set_data_from_numpy(STROKE, binary_data=False)
     outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in ("images", "hand_copy", "hand_error")]
-    result = triton_client(v2_server).infer(MODEL_NAME, [hand, *triton_inputs(False, hand_digit=1, digits="07")],
+    result = triton_client(v2_server).infer(hand_route(), [hand, *triton_inputs(False, hand_digit=1, digits="07")],
                                             outputs=outputs, headers=v2_server.headers())
-    plain = handler_client.post(hand_body(STROKE, digits="07"))[1]
+    plain = hand_client.post(hand_body(STROKE, digits="07"))[1]
     np.testing.assert_array_equal(result.as_numpy("images"), np.asarray(plain["images"]))
     np.testing.assert_array_equal(result.as_numpy("hand_copy"), np.asarray(plain["hand"]["copy"]))
     assert result.as_numpy("hand_error").tolist() == [plain["hand"]["error"]]
@@ -607,11 +698,13 @@ def deploy_readme_table(first_header: str) -> list[list[str]]:
 
 
 def test_deploy_readme_names_the_inputs_the_contract_takes_and_the_outputs_it_gives():
-    from handler.request_contract import V2_FLOAT_TYPES, V2_HAND, V2_HAND_DIGIT, V2_OUTPUT, V2_STRING_INPUT, v2_outputs
+    from handler.request_contract import (V2_FLOAT_TYPES, V2_HAND, V2_HAND_DIGIT, V2_HAND_DIGITS, V2_OUTPUT,
+                                          V2_STRING_INPUTS, v2_outputs)
 
     inputs = {row[0]: row[1] for row in deploy_readme_table("input")}
-    assert inputs == {"count": "INT64", "seed": "INT64", "digit": "INT64", V2_STRING_INPUT: "BYTES",
-                      V2_HAND: V2_FLOAT_TYPES[0], V2_HAND_DIGIT: "INT64"}
+    assert inputs == {"count": "INT64", "seed": "INT64", "digit": "INT64", V2_STRING_INPUTS[0]: "BYTES",
+                      V2_HAND: V2_FLOAT_TYPES[0], V2_HAND_DIGIT: "INT64", V2_HAND_DIGITS: "BYTES"}
+    assert V2_HAND_DIGITS in V2_STRING_INPUTS
     images = np.zeros((1, 2, 28, 28))
     outputs = v2_outputs(images, {"hand": {"copy": np.zeros((28, 28)), "error": 0.5}})
     assert [(row[0], row[1]) for row in deploy_readme_table("output")] == [(name, "FP64") for name in outputs]

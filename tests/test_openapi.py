@@ -8,7 +8,9 @@ import schemathesis
 import yaml
 
 from handler import request_contract as contract
-from scripts import ROOT, read_properties
+from handler import upload
+from scripts import MODEL_NAME, ROOT, hand_route, read_properties
+from train.config import TrainConfig
 
 DOCUMENT = ROOT / "docs" / "openapi.yaml"
 
@@ -21,27 +23,36 @@ def document() -> dict:
 def test_the_document_is_openapi_3_1_that_schemathesis_loads(document):
     assert document["openapi"].startswith("3.1")
     schema = schemathesis.openapi.from_path(str(DOCUMENT))
-    assert [result.ok().label for result in schema.get_all_operations()] == ["POST /predictions/mnist_gan"]
+    assert [result.ok().label for result in schema.get_all_operations()] == [
+        f"POST /predictions/{MODEL_NAME}", f"POST /predictions/{hand_route()}"]
 
 
 def test_the_fields_limits_are_the_contracts(document):
     schemas = document["components"]["schemas"]
     fields = schemas["Request"]["properties"]
+    last_digit = TrainConfig().num_classes - 1  # the served model's classes, which the contract checks against
     assert (fields["count"]["minimum"], fields["count"]["maximum"]) == (1, contract.MAX_COUNT)
     assert (fields["seed"]["minimum"], fields["seed"]["maximum"]) == (0, contract.MAX_SEED)
-    assert (fields["digit"]["minimum"], fields["digit"]["maximum"]) == (0, 9)
     assert (fields["digits"]["minLength"], fields["digits"]["maxLength"]) == (1, contract.MAX_COUNT)
     assert re.fullmatch(fields["digits"]["pattern"], "0123456789") and not re.search(fields["digits"]["pattern"], "1\u0663")
-    assert set(fields) == {"count", "seed", "digit", "digits", "hand"} and schemas["Request"]["additionalProperties"] is False
-    hand = schemas["Hand"]["properties"]
-    assert (hand["digit"]["minimum"], hand["digit"]["maximum"]) == (0, 9) and set(schemas["Hand"]["required"]) == {"image", "digit"}
+    assert set(fields) == {"count", "seed", "digit", "digits"} and schemas["Request"]["additionalProperties"] is False
+    hand_request, hand = schemas["HandRequest"]["properties"], schemas["Hand"]["properties"]
+    assert set(hand_request) == {"hand", "digit", "digits", "count"} and hand_request["count"]["const"] == 1
+    for digit in (fields["digit"], hand_request["digit"], hand["digit"]):
+        assert (digit["minimum"], digit["maximum"]) == (0, last_digit)
+    assert set(hand) == {"image", "digit", "digits"} and schemas["Hand"]["required"] == ["image"]
+    assert (hand["digits"]["minLength"], hand["digits"]["maxLength"]) == (1, contract.MAX_HAND_DIGITS)
+    assert hand["image"]["oneOf"][1]["maxItems"] == contract.MAX_HAND_DIGITS
     image = schemas["Image"]
     assert image["minItems"] == image["maxItems"] == contract.HAND_SIDE
     assert image["items"]["minItems"] == image["items"]["maxItems"] == contract.HAND_SIDE
     assert schemas["InkedImage"]["allOf"][1]["contains"]["contains"]["minimum"] == contract.INK_LEVEL
-    png = hand["image"]["oneOf"][1]["description"]
-    assert f"at most {contract.MAX_PNG_SIDE} pixels a side" in png and f"{contract.INK_LEVEL} ink" in png
-    assert f"{contract.MNIST_BOX} px" in png
+    encoded = hand["image"]["oneOf"][2]
+    assert encoded["format"] == "base64-image"  # not `byte`: data: URLs and line breaks are taken too
+    text = " ".join(encoded["description"].split())
+    assert f"At most {upload.MAX_SIDE} pixels a side and {upload.MAX_AREA / 1e6:.1f} megapixels" in text
+    assert f"{contract.INK_LEVEL} ink" in text and f"{upload.MNIST_BOX} px" in text and "data:image/jpeg;base64" in text
+    assert "format: byte" not in DOCUMENT.read_text()
 
 
 def test_count_times_the_length_of_digits_is_bounded_exactly_as_the_contract_bounds_it(document):
@@ -57,13 +68,19 @@ def test_count_times_the_length_of_digits_is_bounded_exactly_as_the_contract_bou
 
 
 def test_the_answers_and_the_413_are_the_contracts_and_the_configs(document):
-    responses = document["paths"]["/predictions/mnist_gan"]["post"]["responses"]
-    assert set(responses["200"]["content"]) == set(contract.ANSWER_TYPES)
-    statuses = {contract.BadRequest.status, contract.NotAcceptable.status}
-    assert statuses <= {int(code) for code in responses}
-    assert set(document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]) == statuses | {413}
+    routes = document["paths"]
+    for route in routes.values():
+        responses = route["post"]["responses"]
+        assert set(responses["200"]["content"]) == set(contract.ANSWER_TYPES)
+        assert {contract.BadRequest.status, contract.NotAcceptable.status, 413, 503} <= {int(code) for code in responses}
+    shared = document["components"]["responses"]
     limit = int(read_properties()["max_request_size"])
-    assert f"max_request_size, {limit} bytes" in responses["413"]["description"] and limit == 1 << 20
+    assert f"max_request_size, {limit} bytes" in shared["TooLarge"]["description"] and limit == 1 << 20
+    assert "content" not in shared["TooLarge"]  # TorchServe's own 413 has no body
+    limited = routes[f"/predictions/{hand_route()}"]["post"]["responses"]["429"]
+    assert "Retry-After" in limited["headers"] and "429" not in routes[f"/predictions/{MODEL_NAME}"]["post"]["responses"]
+    statuses = {contract.BadRequest.status, contract.NotAcceptable.status, 413, 429}
+    assert set(document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]) == statuses
     assert document["security"] == [{"inferenceKey": []}]
     assert document["components"]["securitySchemes"]["inferenceKey"] == {**document["components"]["securitySchemes"]
                                                                          ["inferenceKey"], "type": "http", "scheme": "bearer"}

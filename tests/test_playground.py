@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -104,6 +105,11 @@ def api_png(server: TorchServe, body: dict) -> requests.Response:
                          timeout=30)
 
 
+def api_hand_png(server: TorchServe, body: dict) -> requests.Response:
+    """TorchServe's hand route's PNG for `body`: what the page's picture must be, byte for byte."""
+    return requests.post(server.hand_url, json=body, headers={**server.headers(), "Accept": "image/png"}, timeout=60)
+
+
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)))
 
@@ -112,7 +118,7 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     from playwright.sync_api import expect
 
     from playground.app import ensure_server, hand_body
-    from playground.screenshot import draw
+    from playground.screenshot import draw, number_strokes
 
     url, server = playground
     running = server.pid()
@@ -183,15 +189,15 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     assert "Traceback" not in page.content()
 
     # Your hand. A blank pad: the API's own message, under the pad.
-    page.locator("#shows label", has_text="1").click()
-    blank = api_png(server, hand_body(None, None, "1", "2026"))
+    type_into("says", "2026")
+    blank = api_hand_png(server, hand_body(None, None, "2026", "0123456789"))
     assert blank.status_code == 400 and "nothing is drawn" in blank.json()["error"]
     expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
 
-    # A "1" drawn with the mouse, as a person draws it: the brush, then one stroke down and a little left.
-    draw(page, [[(0.5, 0.2), (0.47, 0.8)]], steps=3)
+    # 2026 written with the mouse, as a person writes it: the brush, then each digit's strokes, a little apart.
+    draw(page, number_strokes("2026"), steps=3)
     image = page.locator("#written img")
-    expect(image).to_have_attribute("src", re.compile(r"/2026-in-your-hand\.png$"), timeout=30_000)
+    expect(image).to_have_attribute("src", re.compile(r"/0123456789-in-your-hand\.png$"), timeout=30_000)
     expect(page.locator("#hand-message")).to_be_hidden()
     src = image.get_attribute("src")
     for _ in range(100):
@@ -203,20 +209,20 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     # What the page sent: its drawing as the pad uploaded it last, in the page's own request.
     drawing = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"][-1]
     composite = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawing["data"]))).convert("RGBA"))
-    assert (composite[..., :3] < 128).any(), "the stroke is not in the drawing"
-    answer = api_png(server, hand_body({"composite": composite}, None, "1", "2026"))
+    assert (composite[..., 3] > 128).any(), "the strokes are not in the drawing"
+    request = hand_body({"composite": composite}, None, "2026", "0123456789")
+    answer = api_hand_png(server, request)
     assert answer.status_code == 200, answer.text
     assert shown_png == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
-    assert pixels(shown_png).shape == (28, 4 * 28)  # one hand writing four digits
-    # Beside it: the upload as the API prepared it, and the model's copy of it.
-    hand = requests.post(server.predict_url, json=hand_body({"composite": composite}, None, "1", "2026"),
-                         headers=server.headers(), timeout=30).json()["hand"]
+    assert pixels(shown_png).shape == (28, 10 * 28)  # one hand writing ten digits
+    # Beside it: the number as the API cut and prepared it, four digits, and the model's copy of each.
+    hand = requests.post(server.hand_url, json=request, headers=server.headers(), timeout=30).json()["hand"]
+    assert np.asarray(hand["image"]).shape == (4, 28, 28)
     for elem_id, values in (("prepared", hand["image"]), ("copy", hand["copy"])):
         picture = page.locator(f"#{elem_id} img")
         expect(picture).to_have_attribute("src", re.compile(r"\.png$"), timeout=30_000)
-        expected = np.rint(255 * np.asarray(values)).astype(np.uint8)
+        expected = np.rint(255 * np.concatenate(values, axis=1)).astype(np.uint8)
         assert np.array_equal(pixels(requests.get(picture.get_attribute("src"), timeout=10).content), expected), elem_id
-
     # Nothing the browser received holds a key: URLs, headers, bodies, what scripts read as it streamed,
     # the page itself, its cookies and storage. Every request stayed on the page's own address.
     fetched = page.evaluate("window.__fetched")
@@ -241,6 +247,26 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     key_file = requests.get(f"{url}gradio_api/file={server.workdir / 'key_file.json'}", timeout=10)
     assert key_file.status_code in (403, 404) and server.keys()["inference"] not in key_file.text
     context.close()
+
+
+def test_the_hand_part_asks_once_for_everything_it_shows(playground, monkeypatch):
+    # One request, so one search: two (a PNG and a JSON) could land on both workers, and each would search.
+    from playground.app import Backend, hand_body
+    from playground.screenshot import number_strokes
+
+    _, server = playground
+    backend, asked = Backend(server), []
+    real = Backend.fetch
+    monkeypatch.setattr(Backend, "fetch", lambda self, body, accept="image/png": asked.append(accept) or real(self, body, accept))
+    pad = np.zeros((280, 840, 4), np.uint8)
+    for stroke in number_strokes("42"):
+        for (x0, y0), (x1, y1) in zip(stroke, stroke[1:]):
+            for t in np.linspace(0, 1, 60):
+                x, y = round((x0 + t * (x1 - x0)) * 839), round((y0 + t * (y1 - y0)) * 279)
+                pad[max(0, y - 7):y + 7, max(0, x - 7):x + 7, 3] = 255
+    written, cut, copies = backend.hand_pictures(hand_body({"composite": pad}, None, "42", "7"))
+    assert asked == ["application/json"]
+    assert pixels(Path(written).read_bytes()).shape == (28, 28) and pixels(Path(cut).read_bytes()).shape == (28, 56)
 
 
 def test_request_body_passes_the_inputs_on_for_the_api_to_judge():
@@ -285,14 +311,19 @@ window.fetch = async (...args) => {
 """
 
 
-def test_a_photo_is_sent_as_a_png_no_larger_than_the_api_needs(tmp_path):
-    from playground.app import PHOTO_SIDE, upload_png
+def test_a_photo_is_sent_as_it_is_or_upright_and_no_larger_than_the_api_needs(tmp_path):
+    from playground.app import PAD_SIZE, PHOTO_BYTES, PHOTO_SIDE, upload_image
 
-    photo = tmp_path / "digit.jpg"
-    Image.fromarray(np.full((3000, 2000, 3), 230, np.uint8)).save(photo, format="JPEG")  # a phone's photo
-    sent = Image.open(io.BytesIO(upload_png(None, str(photo))))
-    assert sent.format == "PNG" and sent.mode == "L" and max(sent.size) == PHOTO_SIDE
-    drawn = tmp_path / "drawn.png"
-    Image.fromarray(np.zeros((50, 40, 4), np.uint8), "RGBA").save(drawn)  # a transparent canvas keeps its alpha
-    assert Image.open(io.BytesIO(upload_png(None, str(drawn)))).mode == "RGBA"
-    assert Image.open(io.BytesIO(upload_png(None, None))).size == (280, 280)  # an empty pad is sent as one
+    small = tmp_path / "number.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, as a phone does: the API turns it upright
+    Image.fromarray(np.full((300, 200), 230, np.uint8)).save(small, format="JPEG", exif=exif)
+    assert upload_image(None, str(small)) == small.read_bytes()  # a JPEG goes as it is, EXIF tag and all
+    large = tmp_path / "photo.jpg"
+    noise = np.random.default_rng(0).integers(0, 255, (4000, 3000), np.uint8)  # a 12-megapixel phone photo
+    Image.fromarray(noise).save(large, format="JPEG", quality=95, exif=exif)
+    assert large.stat().st_size > PHOTO_BYTES
+    sent = Image.open(io.BytesIO(upload_image(None, str(large))))
+    assert sent.format == "JPEG" and sent.mode == "L" and sent.size == (PHOTO_SIDE, PHOTO_SIDE * 3 // 4)  # upright
+    assert upload_image(None, None)[:8] == b"\x89PNG\r\n\x1a\n"  # an empty pad is sent too, as a PNG
+    assert Image.open(io.BytesIO(upload_image(None, None))).size == PAD_SIZE

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import requests
 
-from cases import (BAD_REQUESTS, DARK_ON_LIGHT, HAND_BAD, JSON, MULTIPART_MESSAGE, PNG, RUNTIME_AND_ROUNDING, STROKE,
+from cases import (BAD_REQUESTS, DARK_ON_LIGHT, HAND_BAD, JSON, MULTIPART_MESSAGE, NUMBER_PHOTO, PNG, RUNTIME_AND_ROUNDING, STROKE,
                    decode_png, generators_images, grid_size, hand_body, noisy_photo, number_rows_size)
-from scripts import ROOT, read_model_config
+from scripts import MODEL_NAME, ROOT, hand_route, read_model_config
 from scripts.archive import build_archive
 from scripts.server import FRONTEND_CLASS, TorchServe, free_ports, proc_stat
 from train.artifacts import load_run
 
 pytestmark = pytest.mark.integration
-WORKERS = read_model_config()["minWorkers"]  # what the shipped archive starts
+WORKERS = read_model_config()["minWorkers"]  # what the shipped archive starts, for each of its two routes
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def test_seed_reproduces_across_requests_and_both_workers(server):
-    workers = server.worker_pids()
+    workers = server.worker_pids(MODEL_NAME)
     assert len(workers) == WORKERS >= 2  # reproducible across workers needs more than one
     before = {pid: _cpu_ticks(pid) for pid in workers}
     bodies = [post(server, {"count": 256, "seed": 123}).content for _ in range(10)]
@@ -68,7 +68,7 @@ def test_seed_reproduces_across_requests_and_both_workers(server):
 
 
 def test_a_number_is_the_same_hands_on_both_workers_as_the_single_digit_requests(server):
-    workers = server.worker_pids()
+    workers = server.worker_pids(MODEL_NAME)
     before = {pid: _cpu_ticks(pid) for pid in workers}
     body = {"count": 8, "seed": 77, "digits": "02139"}
     bodies = [post(server, body).content for _ in range(10)]
@@ -186,35 +186,49 @@ def test_management_key_does_not_open_inference_and_model_api_is_off(server):
 def test_a_phone_photo_under_1_mib_is_taken_and_a_larger_body_is_refused_by_the_frontend(server):
     photo = hand_body(noisy_photo(1000), digits="12")
     assert 900_000 < len(photo) <= 1 << 20
-    reply = post(server, raw=photo)
+    reply = post(server, raw=photo, path=server.hand_url)
     assert reply.status_code == 200, reply.text[:300]
     assert np.asarray(reply.json()["images"]).shape == (1, 2, 28, 28)
     too_large = hand_body(noisy_photo(1100))
     assert len(too_large) > 1 << 20
-    assert post(server, raw=too_large).status_code == 413  # TorchServe's frontend (Netty) answers with no body
+    refused = post(server, raw=too_large, path=server.hand_url)
+    assert refused.status_code == 413 and refused.content == b""  # TorchServe's frontend (Netty) answers with no body
     assert_good(server)
 
 
 @pytest.mark.parametrize("case_id,raw,message", HAND_BAD, ids=[c[0] for c in HAND_BAD])
 def test_a_bad_hand_gets_400_with_a_message_on_the_real_server(server, case_id, raw, message):
-    reply = post(server, raw=raw)
+    reply = post(server, raw=raw, path=server.hand_url)
     assert reply.status_code == 400 and reply.headers["Content-Type"] == JSON, reply.text[:300]
     assert message in reply.json()["error"]
 
 
 def test_the_same_upload_gives_the_same_answer_on_both_workers(server):
-    workers = server.worker_pids()
+    workers = server.worker_pids(hand_route())
+    assert len(workers) == WORKERS
     before = {pid: _cpu_ticks(pid) for pid in workers}
     raw = hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="2026")
     with ThreadPoolExecutor(2) as pool:  # two at a time: both workers search
-        answers = list(pool.map(lambda _: post(server, raw=raw).content, range(8)))
+        answers = list(pool.map(lambda _: post(server, raw=raw, path=server.hand_url).content, range(8)))
     assert len(set(answers)) == 1 and all(_cpu_ticks(pid) > before[pid] for pid in workers)
     body = json.loads(answers[0])
     assert np.asarray(body["images"]).shape == (1, 4, 28, 28) and set(body["hand"]) == {"image", "copy", "error"}
-    png = post(server, raw=raw, headers={"Accept": PNG})
+    png = post(server, raw=raw, headers={"Accept": PNG}, path=server.hand_url)
     assert png.status_code == 200 and decode_png(png.content).shape == number_rows_size(1, 4)
-    other = post(server, raw=hand_body(STROKE, digits="2026")).json()
+    other = post(server, raw=hand_body(STROKE, digits="2026"), path=server.hand_url).json()
     assert other["images"] != body["images"]  # another upload, another hand
+
+
+def test_a_photo_of_a_number_is_cut_and_written_in_its_hand_and_each_route_refuses_the_others(server):
+    reply = post(server, raw=hand_body(NUMBER_PHOTO, "111", digits="2026"), path=server.hand_url)
+    assert reply.status_code == 200, reply.text[:300]  # the worker read and cut it: it imported upload.py
+    body = reply.json()
+    assert np.asarray(body["images"]).shape == (1, 4, 28, 28) and np.asarray(body["hand"]["image"]).shape == (3, 28, 28)
+    assert len(body["hand"]["error"]) == 3
+    wrong = post(server, raw=hand_body(NUMBER_PHOTO, "111"))
+    assert wrong.status_code == 400 and f"/predictions/{hand_route()}" in wrong.json()["error"]
+    wrong = post(server, {"count": 2}, path=server.hand_url)
+    assert wrong.status_code == 400 and f"/predictions/{MODEL_NAME}" in wrong.json()["error"]
 
 
 def test_concurrent_mixed_requests_fail_only_the_bad_ones(server):
@@ -253,11 +267,13 @@ def test_png_and_json_requests_batched_together_each_get_their_own_format(batchi
 
 def test_bad_requests_fail_alone_in_a_server_side_batch(batching_server):
     bodies = [{"count": 2, "seed": i} if i % 2 else {"count": "bad", "seed": i} for i in range(8)]
+    bodies[6] = {"hand": {"digit": 1, "image": "iVBORw0KGgoAAAANSUhEUg=="}}  # a PNG cut inside its header: once a 503
     alone = post(batching_server, {"count": 2, "seed": 3}).content
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda b: post(batching_server, b), bodies))
     for body, reply in zip(bodies, replies):
-        assert reply.status_code == (400 if body["count"] == "bad" else 200), reply.text
+        assert reply.status_code == (200 if body.get("count") == 2 else 400), reply.text
+    assert "is not a PNG that can be read" in replies[6].json()["error"]
     assert replies[3].content == alone  # a batched request keeps its own seed's images
     log = (batching_server.workdir / "logs" / "model_log.log").read_text()
     assert "handling a batch of" in log  # TorchServe really did batch them
@@ -296,13 +312,14 @@ def test_per_request_worker_logs_are_off_unless_the_model_config_turns_them_on(s
 
 def test_killed_workers_are_replaced_and_serving_resumes(server, record_property):
     pids = server.worker_pids()
-    assert len(pids) == WORKERS, pids
+    assert len(pids) == 2 * WORKERS, pids  # each route's
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     started, deadline = time.monotonic(), time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            if post(server, {"count": 1, "seed": 0}).status_code == 200 and len(server.worker_pids()) == WORKERS:
+            if post(server, {"count": 1, "seed": 0}).status_code == 200 and post(server, raw=hand_body(
+                    STROKE), path=server.hand_url).status_code == 200 and len(server.worker_pids()) == 2 * WORKERS:
                 break
         except requests.RequestException:
             pass
@@ -312,7 +329,7 @@ def test_killed_workers_are_replaced_and_serving_resumes(server, record_property
     print(f"\nall workers SIGKILLed; serving again after {recovery:.1f} s")
     assert recovery < 60, f"serving resumed only after {recovery:.0f} s"
     replacements = server.worker_pids()
-    assert len(replacements) == WORKERS and set(replacements).isdisjoint(pids), (pids, replacements)
+    assert len(replacements) == 2 * WORKERS and set(replacements).isdisjoint(pids), (pids, replacements)
     assert_good(server)
 
 
@@ -383,7 +400,8 @@ def test_schemathesis_finds_nothing_against_the_real_server(server, tmp_path):
     fuzzing phases, with the document's PNGs drawn by tests/openapi_hooks.py."""
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "openapi_hooks",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    run = subprocess.run([str(Path(sys.executable).with_name("schemathesis")), "run", str(ROOT / "docs" / "openapi.yaml"),
+    run = subprocess.run([str(Path(sys.executable).with_name("schemathesis")), "--config-file",
+                          str(ROOT / "tests" / "schemathesis.toml"), "run", str(ROOT / "docs" / "openapi.yaml"),
                           "--url", server.inference_url, "--header", f"Authorization: Bearer {server.keys()['inference']}",
                           "--checks", "all", "--exclude-checks", ",".join(FRONTEND_CHECKS),
                           "--max-examples", str(FUZZ_EXAMPLES), "--seed", str(FUZZ_SEED), "--generation-database", "none",

@@ -8,9 +8,9 @@ from PIL import Image
 
 from experiments import evaluate as E
 from experiments import your_hand
-from experiments.your_hand import (PHOTO_SIDE, as_photo, others_of, pooled_correlation, section,
+from experiments.your_hand import (PHOTO_SIDE, as_photo, hand_correlation, others_of, pooled_correlation, section,
                                    within_digit_correlation)
-from handler.request_contract import prepare_png
+from handler.upload import prepare_digit
 from train.artifacts import load_run
 
 
@@ -25,10 +25,24 @@ def test_within_digit_correlation_sees_the_hand_where_the_digits_hide_it():
     assert abs(within_digit_correlation(upload, torch.randn(500, generator=rng), digits)) < 0.2
 
 
+def test_hand_correlation_follows_the_hand_not_which_digits_it_wrote():
+    rng = torch.Generator().manual_seed(1)
+    digits = torch.stack([torch.randperm(10, generator=rng)[:7] for _ in range(400)])  # 7 digits of each hand
+    hand = torch.randn(400, 1, generator=rng)
+    per_digit = 3 * torch.arange(10.0)[digits]  # which digit it is sets most of each value
+    true = hand + per_digit + 0.1 * torch.randn(400, 7, generator=rng)
+    assert hand_correlation(true + 0.1 * torch.randn(400, 7, generator=rng), true, digits) > 0.95
+    stranger = torch.randn(400, 1, generator=rng) + per_digit  # another hand, the same digits
+    assert abs(hand_correlation(stranger, true, digits)) < 0.15  # the digits alone would correlate the means
+    assert pooled_correlation(stranger.mean(1), true.mean(1)) > 0.5
+
+
 def test_others_of_leaves_out_each_rows_own_digit():
     drawn = torch.arange(10).repeat(3, 1)  # row r, column d holds d
     kept = others_of(drawn, torch.tensor([0, 4, 9]))
     assert kept.tolist() == [list(range(1, 10)), [0, 1, 2, 3, 5, 6, 7, 8, 9], list(range(9))]
+    kept = others_of(drawn, torch.tensor([[0, 4], [9, 1], [5, 6]]))  # the k digits each row shows
+    assert kept.tolist() == [[1, 2, 3, 5, 6, 7, 8, 9], [0, 2, 3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 7, 8, 9]]
 
 
 def test_the_photos_are_dark_ink_on_light_paper_and_prepare_back_into_the_digit(data_dir):
@@ -40,7 +54,7 @@ def test_the_photos_are_dark_ink_on_light_paper_and_prepare_back_into_the_digit(
     assert photo.mode == "L" and photo.size == (PHOTO_SIDE, PHOTO_SIDE)
     assert 0.75 < pixels[0].min() and pixels.max() <= 0.96 and pixels.min() < 0.1  # light paper, dark ink
     assert np.ptp(np.r_[pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]) > 0.05  # the light varies
-    back = prepare_png(as_photo(digit, seed=3))
+    back = prepare_digit(as_photo(digit, seed=3))
     assert np.corrcoef(back.ravel(), digit[0].numpy().ravel())[0, 1] > 0.8  # the same digit, perhaps a pixel off
 
 
@@ -57,12 +71,18 @@ def test_the_section_measures_the_served_model_against_its_targets(reader, tiny_
     monkeypatch.setattr(your_hand, "RANDOM_HANDS", 128)  # fewer, for time: the search still beats their best
     classifier, test_images, test_labels = reader
     text = section(load_run(tiny_run)[0], classifier, test_images[:200], test_labels[:200], uploads=8,
-                   ceiling_hands=100)
+                   ceiling_hands=100, number_hands=6, cut_numbers=14)
     assert text.startswith("## Your hand\n")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "×" in line]
-    assert len(rows) == 2 and rows[0].startswith("| 28 x 28 arrays") and rows[1].startswith("| PNG photos")
-    verdicts = [line.split(": ", 1)[1].split(" ")[0] for line in text.splitlines() if line.startswith(("- PASS", "- MISS"))]
-    assert verdicts == ["copy", "ink", "slant", "the", "round", "PNG"]
+    assert rows[0].startswith("| 28 x 28 arrays") and rows[1].startswith("| PNG photos")
+    assert [row.split(" | ")[0] for row in rows[2:6]] == ["| 1", "| 2", "| 3", "| 5"]  # round trips, k digits shown
+    assert [tuple(row.split(" | ")[:2]) for row in rows[6:12]] == [
+        ("| 1", "PNG"), ("| 1", "JPEG"), ("| 3", "PNG"), ("| 3", "JPEG"), ("| 5", "PNG"), ("| 5", "JPEG")]
+    assert [row.split(" | ")[0] for row in rows[12:]] == [f"| {gap}" for gap in range(7)]  # cutting, by gap
+    verdicts = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith(("- PASS", "- MISS"))]
+    assert [" ".join(v.split(" ")[:2]) for v in verdicts] == [
+        "copy error", "ink carried", "slant carried", "the nine", "PNG photos", "round trip", "round trip",
+        *["from a"] * 8, "real digits"]
     copy = float(rows[0].split("|")[2].strip().rstrip("×"))
     assert 0 < copy < 1  # a search does better than the best of the random hands, even on a tiny model
 

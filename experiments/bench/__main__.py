@@ -11,7 +11,8 @@
 3. served throughput with 1, 4 and 16 clients at count=1 and count=64, with 1 and 2 workers, and a load
    run of mixed counts; server-side batching against none
 4. the answer's formats (formats.py): count=64 as JSON against PNG
-5. a hand (hand.py): one uploaded digit writing 5 digits against the same number in a seed's hand
+5. a hand (hand.py): a photo of a 4-digit number writing 5 digits against the same number in a seed's hand
+6. hands beside plain requests (isolation.py): one client asking for numbers while 0, 2 and 8 others upload hands
 """
 import argparse
 import sys
@@ -21,14 +22,14 @@ from pathlib import Path
 
 import torch
 
-from experiments.bench import formats, hand, latency
+from experiments.bench import formats, hand, isolation, latency
 from experiments.bench.measure import host_speed_ms, percentile, rate, ratio, summarize, throughput_turns
 from experiments.bench.servers import archive_with, clients, empty_handler_store, model_config
 from experiments.bench.throughput import bare_forward_steps, handler_step
 from experiments.local_handler import LocalHandler, unpack_archive
 from experiments.report import DOCS, table, write_page, write_section
 from train.data import load_mnist
-from scripts import MODEL_NAME
+from scripts import MODEL_NAME, hand_route
 from scripts.server import TorchServe, free_ports
 
 PAGE = DOCS / "serving.md"
@@ -39,13 +40,26 @@ def workers_label(n: int) -> str:
 
 
 def hand_uploads(args: argparse.Namespace) -> list[bytes]:
-    """--uploads real test digits as requests with a hand, each writing hand.NUMBER."""
-    images, labels = load_mnist(args.data_dir, train=False, limit=args.uploads)
-    return hand.upload_bodies(images, labels)
+    """--uploads photos of numbers of real test digits, each writing hand.NUMBER."""
+    images, labels = load_mnist(args.data_dir, train=False)
+    return hand.number_photos(images, labels, args.uploads)
+
+
+def isolation_section(server: TorchServe, args: argparse.Namespace) -> str:
+    """Hands beside plain requests: every real test digit an upload of its own, as the hand clients need them."""
+    images, labels = load_mnist(args.data_dir, train=False)
+    results = isolation.measure(server.ports[0], f"/predictions/{MODEL_NAME}", f"/predictions/{hand_route()}",
+                                server.headers(), isolation.digit_uploads(images, labels), args.isolation_seconds)
+    return (f"One client asks for `{{\"digits\": \"{isolation.PLAIN_NUMBER}\", \"seed\": s}}` back to back (a new seed "
+            f"each time, in a process of its own) for {args.isolation_seconds:.0f} s, while 0, 2 and 8 other clients "
+            f"upload hands back to back (`{{\"hand\": {{\"image\": <28 x 28>, \"digit\": d}}, \"digits\": "
+            f"\"{isolation.PLAIN_NUMBER}\"}}`, every real test digit once: no upload is seen twice). The hands go to "
+            f"their own route, whose queue and workers (at the lowest CPU priority) are their own.\n\n"
+            + isolation.report(results))
 
 
 def run_one(args: argparse.Namespace) -> str:
-    """--only formats or --only hand: that section, against one server of the shipped configuration."""
+    """--only formats, hand or isolation: that section, against one server of the shipped configuration."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         store = archive_with(args.run_dir, tmp, "store", model_config())
@@ -54,6 +68,8 @@ def run_one(args: argparse.Namespace) -> str:
             if args.only == "hand":
                 return "## A hand\n\n" + hand.report(server, hand_uploads(args), args.rounds, args.seconds,
                                                       model_config()["minWorkers"])
+            if args.only == "isolation":
+                return "## Hands beside plain requests\n\n" + isolation_section(server, args)
             clients(server, 4, 2.0, [64])  # warm-up
             return "## Answer formats\n\n" + formats.report(local, server, args.seconds, args.rounds)
 
@@ -93,13 +109,17 @@ def run_all(args: argparse.Namespace) -> str:
             load = clients(up[shipped], 16, args.load_seconds, [1, 1, 4, 16, 64, 256])
             formats_section = formats.report(local, up[shipped], args.seconds, args.rounds)
             hand_section = hand.report(up[shipped], hand_uploads(args), args.rounds, args.seconds, shipped)
+            isolation_text = isolation_section(up[shipped], args)
             batched = {count: clients(up["batching"], 16, args.seconds, [count]) for count in (1, 64)}
             # More latency rounds minutes later, so the figure samples more than one state of the host.
             late = latency.turns(turn_servers, rounds=args.latency_rounds - args.latency_rounds // 2, warmup=100)
             measured = {name: summarize(early[name] + late[name]) for name in turn_servers}
             speed.append(host_speed_ms())
-    if load["failures"]:
-        raise SystemExit(f"load run: {len(load['failures'])} failures, e.g. {load['failures'][:3]}")
+    for what, result in [("load run", load), *((f"{n_clients} clients, count={count}", r)
+                                               for (_, n_clients, count), r in grid.items()),
+                         *((f"batching, count={count}", r) for count, r in batched.items())]:
+        if result["failures"]:  # a failure is not a slow answer: the figures would hide it
+            raise SystemExit(f"{what}: {len(result['failures'])} request(s) failed, e.g. {result['failures'][:3]}")
 
     bare, handler, served = (percentile(turns[name], 50) for name in ("bare", "handler", "served"))
     labels = {"shipped": f"{workers_label(shipped)} (shipped)", "other": workers_label(other),
@@ -138,7 +158,8 @@ def run_all(args: argparse.Namespace) -> str:
         f"requests, {len(load['failures'])} failed, p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms, "
         f"{load['images_per_s']:,.0f} images/s.", "",
         "## Answer formats", "", formats_section, "",
-        "## A hand", "", hand_section])
+        "## A hand", "", hand_section, "",
+        "## Hands beside plain requests", "", isolation_text])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,10 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns of bare, handler and served throughput")
     parser.add_argument("--latency-rounds", type=int, default=8, help="count=1 latency turns: half first, half last")
     parser.add_argument("--load-seconds", type=float, default=30.0)
-    parser.add_argument("--only", choices=["formats", "hand"], help="run one part of the benchmark")
+    parser.add_argument("--only", choices=["formats", "hand", "isolation"], help="run one part of the benchmark")
+    parser.add_argument("--isolation-seconds", type=float, default=20.0,
+                        help="each run of hands beside plain requests (0, 2 and 8 hand clients)")
     parser.add_argument("--data-dir", default="data", help="MNIST: the test digits that the hand section uploads")
     parser.add_argument("--uploads", type=int, default=400,
-                        help="different uploads the hand section sends (10 warm up, half the rest each for p50 and images/s)")
+                        help="different photos the hand section sends (10 warm up, half the rest each for p50 and images/s)")
     parser.add_argument("--out", type=Path, default=PAGE)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a TorchServe worker (handler: GAN_WORKER_THREADS=1)

@@ -22,10 +22,18 @@ import orjson
 
 from experiments.bench.measure import percentile
 from experiments.bench.servers import JSON, run_together
+from experiments.report import table
 
 PLAIN_NUMBER = "12345"
 HAND_CLIENTS = (0, 2, 8)
 P50_LINE, P95_LINE = 5, 10  # a plain request's p50 and p95 beside 8 hand clients, at most these times its own alone
+
+
+def digit_uploads(images, labels) -> list[bytes]:
+    """One request body per real test digit: the digit as the API's 28 x 28 array (4 decimals), writing PLAIN_NUMBER
+    (the request every release with a hand takes)."""
+    return [orjson.dumps({"hand": {"image": np.round(image[0].numpy().astype(np.float64), 4), "digit": int(label)},
+                          "digits": PLAIN_NUMBER}, option=orjson.OPT_SERIALIZE_NUMPY) for image, label in zip(images, labels)]
 
 
 def _connection(port: int) -> http.client.HTTPConnection:
@@ -101,14 +109,33 @@ def measure(port: int, plain_path: str, hand_path: str, headers: dict, uploads: 
     for clients in hand_clients:
         results[clients] = contention(port, plain_path, hand_path, headers, uploads[used:], clients, seconds)
         used += int(results[clients]["hands_per_s"] * seconds) + 2 * clients + len(results[clients]["failures"])
+        if results[clients]["failures"]:
+            raise SystemExit(f"{clients} hand clients: {len(results[clients]['failures'])} request(s) failed, e.g. "
+                             f"{results[clients]['failures'][:3]}")
     return results
+
+
+def report(results: dict[int, dict]) -> str:
+    """The section: the plain client's latency and rate beside 0, 2 and 8 hand clients, and the lines."""
+    alone = results[0]
+    rows = [(clients, f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['p50'] / alone['p50']:.2f}×",
+             f"{r['p95'] / alone['p95']:.2f}×", f"{r['plain_per_s']:,.0f}",
+             f"{r['hands_per_s']:,.1f}" if clients else "–", f"{5 * r['hands_per_s']:,.0f}" if clients else "–")
+            for clients, r in results.items()]
+    most = results[max(results)]
+    checks = [(f"with {max(results)} hand clients a plain request's p50 is {most['p50'] / alone['p50']:.2f}× its p50 "
+               f"alone (line ≤ {P50_LINE}×)", most["p50"] / alone["p50"] <= P50_LINE),
+              (f"and its p95 {most['p95'] / alone['p95']:.2f}× (line ≤ {P95_LINE}×)",
+               most["p95"] / alone["p95"] <= P95_LINE)]
+    return "\n".join([
+        table(["hand clients", "plain p50 ms", "plain p95 ms", "p50 ÷ alone", "p95 ÷ alone", "plain requests/s",
+               "hands/s", "hand images/s"], rows, 0), "",
+        *[f"- {'PASS' if ok else 'MISS'}: {text}" for text, ok in checks]])
 
 
 def main() -> None:
     from scripts import MODEL_NAME, read_model_config
     from train.data import load_mnist
-
-    from experiments.bench.hand import upload_bodies
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the inference address")
@@ -122,7 +149,7 @@ def main() -> None:
         headers["Authorization"] = f"Bearer {json.loads(args.key_file.read_text())['inference']['key']}"
     images, labels = load_mnist(args.data_dir, train=False)
     results = measure(urlsplit(args.url).port, f"/predictions/{MODEL_NAME}", args.hand_path, headers,
-                      upload_bodies(images, labels), args.seconds)
+                      digit_uploads(images, labels), args.seconds)
     for clients, result in results.items():
         print(clients, {key: (round(value, 2) if isinstance(value, float) else value[:3]) for key, value in result.items()})
 

@@ -49,10 +49,11 @@ def empty_handler_store(tmp: Path) -> Path:
     return store
 
 
-def post(connection: http.client.HTTPConnection, headers: dict, body: bytes | str) -> tuple[int, bytes]:
-    """POSTs one request body on a keep-alive connection: (status, body). Not `requests`: its own
-    per-call CPU time would be taken from the server on the same two cores."""
-    connection.request("POST", f"/predictions/{MODEL_NAME}", body=body, headers=headers)
+def post(connection: http.client.HTTPConnection, headers: dict, body: bytes | str,
+         path: str = f"/predictions/{MODEL_NAME}") -> tuple[int, bytes]:
+    """POSTs one request body on a keep-alive connection (to the digits route, or `path`): (status, body). Not
+    `requests`: its own per-call CPU time would be taken from the server on the same two cores."""
+    connection.request("POST", path, body=body, headers=headers)
     reply = connection.getresponse()
     return reply.status, reply.read()
 
