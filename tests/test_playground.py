@@ -2,6 +2,7 @@
 as `make playground` runs it, with no TorchServe up, so it starts one (the tiny archive, on free ports) and
 stops it when it stops; every picture and message is checked against TorchServe's answer to the same request."""
 import base64
+import hashlib
 import importlib.util
 import io
 import json
@@ -196,8 +197,22 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
 
     # 2026 written with the mouse, as a person writes it: the brush, then each digit's strokes, a little apart.
     draw(page, number_strokes("2026"), steps=3)
+    # The pad sends its drawing after each stroke, and the page asks for each: the last drawing is what it shows.
+    uploads, quiet = [], 0
+    while quiet < 6:  # until the pad has sent nothing new for 3 s (it sends as the strokes are redrawn)
+        page.wait_for_timeout(500)
+        latest = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"]
+        quiet = quiet + 1 if latest and len(latest) == len(uploads) else 0
+        uploads = latest
+    composite = np.asarray(Image.open(io.BytesIO(base64.b64decode(uploads[-1]["data"]))).convert("RGBA"))
+    assert (composite[..., 3] > 128).any(), "the strokes are not in the drawing"
+    request = hand_body({"composite": composite}, None, "2026", "0123456789")
+    answer = api_hand_png(server, request)
+    assert answer.status_code == 200, answer.text
+    # The page shows TorchServe's answer to its own request, byte for byte (its files are stored by their digest).
     image = page.locator("#written img")
-    expect(image).to_have_attribute("src", re.compile(r"/0123456789-in-your-hand\.png$"), timeout=30_000)
+    expect(image).to_have_attribute("src", re.compile(hashlib.sha256(answer.content).hexdigest() +
+                                                      r"/0123456789-in-your-hand\.png$"), timeout=30_000)
     expect(page.locator("#hand-message")).to_be_hidden()
     src = image.get_attribute("src")
     for _ in range(100):
@@ -205,14 +220,6 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
             break
         page.wait_for_timeout(100)
     shown_png = received[src].body()
-
-    # What the page sent: its drawing as the pad uploaded it last, in the page's own request.
-    drawing = [upload for upload in page.evaluate("window.__uploads") if upload["name"] == "composite.png"][-1]
-    composite = np.asarray(Image.open(io.BytesIO(base64.b64decode(drawing["data"]))).convert("RGBA"))
-    assert (composite[..., 3] > 128).any(), "the strokes are not in the drawing"
-    request = hand_body({"composite": composite}, None, "2026", "0123456789")
-    answer = api_hand_png(server, request)
-    assert answer.status_code == 200, answer.text
     assert shown_png == answer.content, "the page shows other bytes than TorchServe answers to the page's request"
     assert pixels(shown_png).shape == (28, 10 * 28)  # one hand writing ten digits
     # Beside it: the number as the API cut and prepared it, four digits, and the model's copy of each.
