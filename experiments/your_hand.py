@@ -1,9 +1,9 @@
-"""`make evaluate`'s "Your hand" section: a person's digit in, any number out in that hand.
+"""`make evaluate`'s "Your hand" section: what a person wrote in, any number out in that hand.
 
-The served `hand` field finds the noise vector whose drawing of the uploaded digit matches it (GAN inversion,
-`find_hand` in handler/search.py), then writes with that vector. Here UPLOADS real MNIST test digits are the
-uploads, sent as the API's 28 x 28 arrays and as PNGs the way a photo of paper arrives (280 x 280, dark ink on a
-light gradient, prepared by the API's own `prepare_digit`). For each found hand:
+The served `hand` field finds the noise vector whose drawings of the uploaded digits match them (GAN inversion,
+`find_hand` in handler/search.py, as a worker runs it: in ONNX Runtime), then writes with that vector. One digit:
+UPLOADS real MNIST test digits are the uploads, sent as the API's 28 x 28 arrays and as PNGs the way a photo of
+paper arrives (280 x 280, dark ink on a light gradient, prepared by the API's own `prepare_digit`). For each:
 
 - copy error: the mean squared error between the upload (as prepared) and the hand's drawing of that digit, as a
   ratio to the best of RANDOM_HANDS random hands for the same upload (one bank of random hands per digit);
@@ -13,11 +13,14 @@ light gradient, prepared by the API's own `prepare_digit`). For each found hand:
   (a 1 holds less ink than an 8) and the other nine are then a different nine; pooled over digits, even the
   model's own hands, with their own digit as the upload, score only what `ceiling` measures;
 - legible: those nine digits read right by the evaluation classifier, as a ratio to its accuracy on real test
-  digits;
-- round trip: a digit the model drew (its JSON answer, rounded as served) sent back: the found hand's other nine
-  digits against the drawing hand's (mean squared error), as a ratio to two random hands writing the same digit.
+  digits.
 
-The evaluation classifier only reads the results: nothing here, nor in the search, is guided by it.
+A number (hand.digits): NUMBER_HANDS hands of the model write k different digits each, sent back as k arrays and as
+one photo of the number (PNG and JPEG, cut by the API), and the round trip measures how far the found hand writes
+the other digits from the drawing hand (mean squared error, as a ratio to two random hands writing the same
+digits), with the style each carries to them; and experiments/cutting.py measures how well real handwriting is cut.
+
+The evaluation classifier only reads the results: nothing here, nor in the search or the cutting, is guided by it.
 """
 import functools
 import tempfile

@@ -1,26 +1,33 @@
 """The served API: what a request may contain, its limits, the errors it gets, and the answer's formats.
 
 docs/openapi.yaml describes the API for people and tools (tests/test_openapi.py holds its limits to these);
-deploy/README.md the Open Inference Protocol route. In short, a JSON object with any of:
-    count 1..256, seed 0..2**63-1, digit 0..9, digits "02139" (count x len(digits) <= 256, not with digit),
-    hand {"image": 28 x 28 values in [0, 1], or a base64 PNG; "digit": 0..9} (count 1, no seed)
+deploy/README.md the Open Inference Protocol route. Two routes serve one archive (the handler says which takes what):
+the digits route takes a JSON object with any of
+    count 1..256, seed 0..2**63-1, digit 0..9, digits "02139" (count x len(digits) <= 256, not with digit)
+and the hand route one with
+    hand {"image": a base64 PNG or JPEG, or 28 x 28 values in [0, 1]; "digit": 0..9}, or
+         {"image": a base64 PNG or JPEG of a number, or k arrays of 28 x 28; "digits": its k digits, 1 to 12},
+    and digit or digits to write (0-9 without either); count 1, no seed.
 A hand is one noise vector: hand i is the i-th vector the seed draws, whatever the digits, so hand i's j-th
-image is, bit for bit, image i of {"count": count, "seed": seed, "digit": digits[j]}. With `hand`, the vector
-is found from the uploaded digit (generator.find_hand) and writes `digits` (or `digit`, or 0-9): the same upload
-gives the same answer. The answer follows Accept (q-values honoured; JSON on a tie and without Accept):
+image is, bit for bit, image i of {"count": count, "seed": seed, "digit": digits[j]}. With `hand`, the upload is
+prepared as MNIST's digits were (upload.py: a number cut into its digits), one vector is found for all of them
+(search.find_hand), and it writes `digits` (or `digit`, or 0-9): the same upload gives the same answer. The answer
+follows Accept (q-values honoured; JSON on a tie and without Accept):
     application/json: {"images": count x 28 x 28 (or count x len(digits) x 28 x 28), 4 decimals}, with a hand
-        also {"hand": {"image": the upload as prepared, "copy": the model's copy, "error": their MSE}}
+        also {"hand": {"image": the upload as prepared, "copy": the model's copy, "error": their MSE}} (with
+        hand.digits, one of each per digit)
     image/png: one 8-bit grayscale PNG, white on black: the digit, a grid of ceil(sqrt(count)) columns with a
         2-pixel gray gap, or one row per hand with its digits side by side; pixel = round(255 x value)
 Anything else answers 400 {"error": "...", "code": 400}, per request (a bad request never fails the good
 ones TorchServe batched with it), or 406 for an Accept that allows neither format; errors are always JSON.
 
 Open Inference Protocol (KServe v2), with service_envelope=kservev2: the same fields as one-element input
-tensors (INT64; `digits` BYTES), a hand as `hand` (FP32 [28, 28]) with `hand_digit`; outputs `images` in its
-real shape, and with a hand `hand_copy` and `hand_error`. FP64 because the envelope writes Python floats
-with json.dumps: the 4-decimal values as float32 would print 17 digits each (count=256 would pass
-max_response_size); as doubles they print as the plain route does. A bad request answers 400 with the
-protocol's body {"error": "..."}; so does one in the binary data extension (tritonclient's default).
+tensors (INT64; `digits` BYTES), a hand as `hand` (FP32 [28, 28] with `hand_digit`, or [k, 28, 28] with
+`hand_digits`, BYTES); outputs `images` in its real shape, and with a hand `hand_copy` and `hand_error`. FP64
+because the envelope writes Python floats with json.dumps: the 4-decimal values as float32 would print 17 digits
+each (count=256 would pass max_response_size); as doubles they print as the plain route does. A bad request
+answers 400 with the protocol's body {"error": "..."}; so does one in the binary data extension (tritonclient's
+default).
 """
 import base64
 import io

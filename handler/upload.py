@@ -208,10 +208,12 @@ def cut_digits(ink: np.ndarray, count: int) -> list[np.ndarray]:
     from left to right.
 
     The strokes fall into marks (connected ink). Specks, far smaller than the line's digits, are dropped. Marks whose
-    columns overlap belong to one digit (a 5's flag, a 4 written in two strokes, a broken stroke). When there are
-    fewer marks than digits, some digits touch: the widest mark is cut where its ink is thinnest, along the path from
-    its top to its bottom that crosses the least ink, until there are `count`. More marks than digits, or a mark too
-    narrow to be two digits, cannot be cut so: UnusableImage says what was found.
+    columns overlap belong to one digit (a 4 written in two strokes), and so do a short mark and its nearest
+    neighbour while there are more marks than digits (a 5's flag lifted off the page, a broken stroke). When there are
+    fewer marks than digits, some digits touch: each further digit goes to the mark whose digits would be widest,
+    and such a mark is cut where its ink is thinnest, along a straight line near where its digits would part were
+    they even. More marks than digits, or a mark too narrow to hold its digits, cannot be cut so: UnusableImage says
+    what was found.
     """
     # Here, not at import: SciPy's OpenBLAS starts a thread per core when it loads, unless the worker has said how many
     # (initialize() does, after TorchServe has imported this module).
@@ -235,7 +237,8 @@ def cut_digits(ink: np.ndarray, count: int) -> list[np.ndarray]:
         raise UnusableImage(f"shows {_marks(len(groups))}, but 'digits' has {count}: say every digit it shows, or "
                             f"leave out what is not a digit")
     digits = []
-    for group, holds in zip(groups, _shares([np.subtract(*_extent(g)[::-1]) for g in groups], count)):
+    widths = [right - left for left, right in map(_extent, groups)]
+    for group, holds in zip(groups, _shares(widths, count)):
         while holds > 1:  # touching digits: cut off the first, then what is left holds one fewer
             left, right = _extent(group)
             if right - left < SPLITTABLE * line * holds:

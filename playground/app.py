@@ -3,7 +3,9 @@
     python -m playground        # against `make serve`'s TorchServe, or one it starts (and stops) itself
 
 Type a number or pick one digit, choose how many hands and their seed; the page shows the API's PNG
-for that request, and its download. The page's backend calls TorchServe with the inference key from the
+for that request, and its download. Or write a number on the pad (or upload a photo of one) and say what it
+says: the page shows any number written in that hand, the digits as the API cut them, and the model's copies,
+from one request to the hand route. The page's backend calls TorchServe with the inference key from the
 server's key_file.json, read for each request (keys are new at every start), so the key never reaches
 the browser. A refused request shows the API's own message next to the field it names.
 """

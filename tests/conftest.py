@@ -145,7 +145,7 @@ def server(tiny_store, tmp_path_factory) -> TorchServe:
 LONGEST_FIRST = ("test_train.py", "test_server.py", "test_evaluate.py", "test_deploy.py", "test_demo.py",
                  "test_playground.py", "test_archive.py", "test_client.py", "test_hand.py")
 # Files that use the session's `server` run in the process of the file named here, so that it starts once.
-SAME_PROCESS = {"test_dataset.py": "test_server.py"}
+SAME_PROCESS = {"test_dataset.py": "test_server.py", "test_bench.py": "test_server.py"}
 
 
 def pytest_collection_modifyitems(items: list) -> None:

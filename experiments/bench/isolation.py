@@ -71,7 +71,7 @@ def contention(port: int, plain_path: str, hand_path: str, headers: dict, upload
     results = multiprocessing.get_context("fork").SimpleQueue()
     plain = multiprocessing.get_context("fork").Process(target=_plain_client,
                                                         args=(port, plain_path, headers, seconds, results))
-    answered, failures, lock = [0], [], threading.Lock()
+    answered, failures, lock, reached = [0], [], threading.Lock(), [0]  # reached: one past the last upload sent
     stop_at = time.perf_counter() + seconds
 
     def hand_client(index: int) -> None:
@@ -89,17 +89,18 @@ def contention(port: int, plain_path: str, hand_path: str, headers: dict, upload
                     failures.append(error)
                 else:
                     answered[0] += 1
+                reached[0] = max(reached[0], position + 1)
             position += hand_clients
 
     plain.start()
     elapsed = run_together(hand_client, hand_clients) if hand_clients else 0.0
     latencies, plain_failures = results.get()
     plain.join()
-    if hand_clients and answered[0] + len(failures) >= len(uploads):
+    if hand_clients and reached[0] + hand_clients > len(uploads):
         raise SystemExit(f"the hand clients sent every upload ({len(uploads)}) before {seconds:.0f} s: give them more")
     return {"p50": 1000 * percentile(latencies, 50), "p95": 1000 * percentile(latencies, 95),
             "plain_per_s": len(latencies) / seconds, "hands_per_s": answered[0] / elapsed if elapsed else 0.0,
-            "failures": plain_failures + failures}
+            "uploads": reached[0], "failures": plain_failures + failures}
 
 
 def measure(port: int, plain_path: str, hand_path: str, headers: dict, uploads: list[bytes],
@@ -108,7 +109,7 @@ def measure(port: int, plain_path: str, hand_path: str, headers: dict, uploads: 
     results, used = {}, 0
     for clients in hand_clients:
         results[clients] = contention(port, plain_path, hand_path, headers, uploads[used:], clients, seconds)
-        used += int(results[clients]["hands_per_s"] * seconds) + 2 * clients + len(results[clients]["failures"])
+        used += results[clients]["uploads"]
         if results[clients]["failures"]:
             raise SystemExit(f"{clients} hand clients: {len(results[clients]['failures'])} request(s) failed, e.g. "
                              f"{results[clients]['failures'][:3]}")
