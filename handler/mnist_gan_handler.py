@@ -49,7 +49,7 @@ def set_request_logs(enabled: bool) -> None:
 
 def lower_priority(nice: int) -> None:
     """Every thread of this worker at CPU priority `nice` (19: the lowest), those it starts later too: the scheduler
-    then runs them on what the cores have left over. Raising a nice value needs no privilege."""
+    then gives the cores to everyone else first. Raising a nice value needs no privilege."""
     if nice <= 0:
         return
     try:

@@ -117,7 +117,7 @@ def handler_client(tiny_model_dir) -> LocalHandler:
 @pytest.fixture(scope="session")
 def hand_client(tiny_model_dir, tmp_path_factory) -> LocalHandler:
     """The tiny archive's worker as the hand route gets it; at the test process's own CPU priority (a worker's is
-    the lowest, which would starve this process beside the suite's other one)."""
+    low, which would starve this process beside the suite's other one)."""
     handler = read_model_config()["handler"]
     model_dir = copy_model_dir(tiny_model_dir, tmp_path_factory.mktemp("hand") / "model_dir", {"handler": {"hand_nice": 0}})
     return LocalHandler(model_dir, model_name=handler["hand_route"])

@@ -54,7 +54,7 @@ def isolation_section(server: TorchServe, args: argparse.Namespace) -> str:
             f"each time, in a process of its own) for {args.isolation_seconds:.0f} s, while 0, 2 and 8 other clients "
             f"upload hands back to back (`{{\"hand\": {{\"image\": <28 x 28>, \"digit\": d}}, \"digits\": "
             f"\"{isolation.PLAIN_NUMBER}\"}}`, every real test digit once: no upload is seen twice). The hands go to "
-            f"their own route, whose queue and workers (at the lowest CPU priority) are their own.\n\n"
+            f"their own route, whose queue and workers (at a low CPU priority) are their own.\n\n"
             + isolation.report(results))
 
 

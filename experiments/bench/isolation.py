@@ -151,8 +151,7 @@ def main() -> None:
     images, labels = load_mnist(args.data_dir, train=False)
     results = measure(urlsplit(args.url).port, f"/predictions/{MODEL_NAME}", args.hand_path, headers,
                       digit_uploads(images, labels), args.seconds)
-    for clients, result in results.items():
-        print(clients, {key: (round(value, 2) if isinstance(value, float) else value[:3]) for key, value in result.items()})
+    print(report(results))
 
 
 if __name__ == "__main__":
