@@ -196,7 +196,7 @@ def test_page_draws_what_the_api_draws_in_seeds_hands_and_yours_shows_its_errors
     expect(page.locator("#hand-message")).to_have_text(blank.json()["error"], timeout=30_000)
 
     # 2026 written with the mouse, as a person writes it: the brush, then each digit's strokes, a little apart.
-    draw(page, number_strokes("2026"), steps=3)
+    draw(page, number_strokes("2026"), steps=1)
     # The pad sends its drawing after each stroke, and the page asks for each: the last drawing is what it shows.
     uploads, quiet = [], 0
     while quiet < 6:  # until the pad has sent nothing new for 3 s (it sends as the strokes are redrawn)
