@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cases import (DARK_ON_LIGHT, HAND_BAD, HAND_GOOD, JSON, PNG, RUNTIME_AND_ROUNDING, STROKE, decode_png,
+from cases import (DARK_ON_LIGHT, HAND_BAD, HAND_GOOD, JSON, NUMBER_PHOTO, PNG, RUNTIME_AND_ROUNDING, STROKE, decode_png,
                    hand_body, number_rows_size, png_base64, stroke)
 from handler.generator import sample_noise
 from scripts import ROOT, read_model_config
@@ -169,15 +169,17 @@ def test_the_hand_is_find_hand_on_the_upload_and_writes_the_generators_digits(ha
 
 def test_the_same_upload_gives_the_same_answer_whatever_it_is_batched_with(hand_client):
     raw = hand_body("data:image/png;base64," + DARK_ON_LIGHT, digits="90210")
-    alone = hand_client.request(raw).body
+    number = hand_body(NUMBER_PHOTO, "111", digits="90210")  # three digits cut from a photo: one hand for them
+    alone = [hand_client.request(raw).body, hand_client.request(number).body]
     batched = hand_client.batch([(b'{"count": 64, "seed": 1}', {"Content-Type": JSON}),
-                                    (raw, {"Content-Type": JSON}),
-                                    (hand_body(stroke(shear=-0.2)), {"Content-Type": JSON}),
-                                    (hand_body(STROKE, count=2), {"Content-Type": JSON})])
-    assert [reply.status for reply in batched] == [400, 200, 200, 400]  # a seed's number belongs to the other route
-    assert batched[1].body == alone
-    again = hand_client.request(raw).body
-    assert again == alone
+                                 (raw, {"Content-Type": JSON}),
+                                 (hand_body(stroke(shear=-0.2)), {"Content-Type": JSON}),
+                                 (number, {"Content-Type": JSON}),
+                                 (hand_body(STROKE, count=2), {"Content-Type": JSON})])
+    assert [reply.status for reply in batched] == [400, 200, 200, 200, 400]  # a seed's number belongs to the other route
+    assert [batched[1].body, batched[3].body] == alone
+    hand_client.handler.found_hands.clear()  # searched again, not remembered
+    assert [hand_client.request(raw).body, hand_client.request(number).body] == alone
 
 
 def test_a_hands_png_is_the_written_number_in_one_row(hand_client):

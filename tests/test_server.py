@@ -217,6 +217,9 @@ def test_the_same_upload_gives_the_same_answer_on_both_workers(server):
     assert png.status_code == 200 and decode_png(png.content).shape == number_rows_size(1, 4)
     other = post(server, raw=hand_body(STROKE, digits="2026"), path=server.hand_url).json()
     assert other["images"] != body["images"]  # another upload, another hand
+    number = hand_body(NUMBER_PHOTO, "111", digits="2026")  # a number cut into three digits, one hand for them
+    with ThreadPoolExecutor(2) as pool:
+        assert len(set(pool.map(lambda _: post(server, raw=number, path=server.hand_url).content, range(6)))) == 1
 
 
 def test_a_photo_of_a_number_is_cut_and_written_in_its_hand_and_each_route_refuses_the_others(server):
