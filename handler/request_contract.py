@@ -63,7 +63,7 @@ class GenerationRequest:
     digit: Optional[int]
     digits: Optional[str] = None  # a number every hand writes: one image per character
     answer_type: str = JSON_TYPE  # what the answer's Content-Type will be: one of ANSWER_TYPES
-    hand: Optional["Hand"] = None  # write in this uploaded digit's hand (count is 1, digits the number)
+    hand: Optional["Hand"] = None  # write in the hand of this upload (count is 1, digits the number to write)
 
 
 class BadRequest(ValueError):
