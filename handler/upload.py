@@ -22,7 +22,6 @@ WORK_SIDE = 1024  # a picture is boxed down to at most this before its ink is re
 INK_LEVEL = 0.1  # a picture with no pixel of at least this much ink has nothing drawn in it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
-FORMATS = ("PNG", "JPEG")
 
 # Cutting a number into digits. Lengths are shares of the line's height: the height of the number's digits.
 STROKE = 0.35  # ink at least this share of the strongest is a stroke: what marks are told apart by
